@@ -1,0 +1,5 @@
+"""User-facing models."""
+
+from ._jointvae import JointVAE
+
+__all__ = ["JointVAE"]

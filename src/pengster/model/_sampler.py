@@ -1,0 +1,104 @@
+"""Minibatches that hold cells of every dataset of a mosaic."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scvi import settings
+from scvi.data import AnnDataManager
+from scvi.dataloaders import DataSplitter
+from torch.utils.data import DataLoader, Sampler
+
+from pengster._constants import REGISTRY_KEYS
+
+
+class MosaicBatchSampler(Sampler):
+    """Yield minibatches of positions in which every stratum (dataset) has its share of cells.
+
+    Each epoch, every stratum is shuffled and split into the same number of chunks; minibatch ``k`` is chunk ``k``
+    of every stratum. A stratum with fewer cells than there are minibatches is resampled so that each minibatch
+    still holds at least one of its cells.
+
+    Parameters
+    ----------
+    strata
+        Array of shape ``(n_cells,)``: the stratum code of each position of the dataset.
+    batch_size
+        Target minibatch size.
+    seed
+        Seed of the shuffling (each epoch draws from one generator).
+    num_replicas, rank
+        For distributed training: each rank gets every ``num_replicas``-th minibatch, from the same shuffle.
+    """
+
+    def __init__(self, strata: np.ndarray, batch_size: int, *, seed: int = 0, num_replicas: int = 1, rank: int = 0):
+        self.groups = [np.flatnonzero(strata == code) for code in np.unique(strata)]
+        self.n_batches = max(1, int(np.ceil(len(strata) / batch_size)))
+        self.rng = np.random.default_rng(seed)
+        self.num_replicas = num_replicas
+        self.rank = rank
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n_batches, self.num_replicas))
+
+    def __iter__(self):
+        chunks = []
+        for group in self.groups:
+            order = self.rng.permutation(group)
+            if len(order) < self.n_batches:
+                order = np.concatenate([order, self.rng.choice(group, self.n_batches - len(order))])
+            chunks.append(np.array_split(order, self.n_batches))
+        for index in range(self.rank, self.n_batches, self.num_replicas):
+            yield np.sort(np.concatenate([chunk[index] for chunk in chunks])).tolist()
+
+
+class MosaicDataSplitter(DataSplitter):
+    """scvi-tools' :class:`~scvi.dataloaders.DataSplitter` whose training loader uses :class:`MosaicBatchSampler`.
+
+    The validation split is stratified by dataset too, so that every dataset is scored in early stopping.
+    """
+
+    def __init__(self, adata_manager: AnnDataManager, **kwargs):
+        kwargs.pop("distributed_sampler", None)
+        super().__init__(adata_manager, **kwargs)
+
+    def _strata(self) -> np.ndarray:
+        return np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.PANEL)).ravel()
+
+    def setup(self, stage: str | None = None):
+        """Split each dataset into train and validation cells in the same proportions."""
+        super().setup(stage)
+        if self.external_indexing is not None or len(self.val_idx) == 0:
+            return
+        strata = self._strata()
+        rng = np.random.RandomState(seed=settings.seed)
+        train, val = [], []
+        fraction = self.n_val / (self.n_val + self.n_train)
+        for code in np.unique(strata):
+            cells = rng.permutation(np.flatnonzero(strata == code))
+            n_val = int(round(fraction * len(cells))) if len(cells) > 1 else 0
+            val.append(cells[:n_val])
+            train.append(cells[n_val:])
+        self.train_idx, self.val_idx = np.concatenate(train), np.concatenate(val)
+
+    def train_dataloader(self):
+        """Training loader with one share of every dataset in each minibatch."""
+        batch_size = self.data_loader_kwargs.get("batch_size") or settings.batch_size
+        kwargs = {k: v for k, v in self.data_loader_kwargs.items() if k not in ("batch_size", "shuffle")}
+        num_replicas, rank = 1, 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            num_replicas, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        sampler = MosaicBatchSampler(
+            self._strata()[self.train_idx],
+            batch_size,
+            seed=settings.seed,
+            num_replicas=num_replicas,
+            rank=rank,
+        )
+        dataset = self.adata_manager.create_torch_dataset(
+            indices=self.train_idx, load_sparse_tensor=self.load_sparse_tensor
+        )
+        kwargs.pop("drop_last", None)
+        kwargs.setdefault("num_workers", settings.dl_num_workers)
+        # batch_size=None: the sampler yields whole minibatches, fetched by one __getitem__ (fast on sparse rows)
+        return DataLoader(dataset, sampler=sampler, batch_size=None, pin_memory=self.pin_memory, **kwargs)

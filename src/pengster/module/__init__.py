@@ -1,0 +1,5 @@
+"""Torch modules (scvi-tools ``BaseModuleClass``)."""
+
+from ._jointvae import JointVAEModule
+
+__all__ = ["JointVAEModule"]

@@ -1,0 +1,368 @@
+"""JointVAEModule: per-modality encoders, masked product of experts, decoders and the interdependent ELBO."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from scvi.nn import Encoder
+from torch import nn
+from torch.distributions import Normal, kl_divergence
+
+from pengster._constants import REGISTRY_KEYS
+from pengster.nn import (
+    ATACDecoder,
+    CellFactorEncoder,
+    LogitScale,
+    ProjectionHead,
+    ProteinDecoder,
+    RNADecoder,
+    product_of_experts,
+    symmetric_info_nce,
+)
+
+from ._inputs import ENCODER_INPUTS, RNA_TARGET_SUM, clr
+
+JOINT = "joint"
+"""Name of the posterior fused over all of a cell's measured modalities."""
+
+_NORM = {"use_batch_norm": False, "use_layer_norm": True}
+# Layer norm, not batch norm: a mosaic minibatch may hold a single cell of a modality, and the statistics of
+# padded rows (cells without the modality) must never enter the normalisation.
+
+
+def _long_or_none(values: torch.Tensor | None) -> torch.Tensor | None:
+    return None if values is None else values.long()
+
+
+class JointVAEModule(BaseModuleClass):
+    """The torch module behind :class:`pengster.model.JointVAE`.
+
+    Parameters
+    ----------
+    n_features
+        Modality (``rna``, ``atac``, ``protein``) -> number of features.
+    feature_masks
+        Modality -> float tensor of shape ``(n_panels, n_features)``: 1 where the panel (dataset) measured the
+        feature.
+    n_batch
+        Number of batch categories.
+    n_cats_per_cov
+        Categories of each extra categorical covariate.
+    batch_has_modality
+        Float tensor ``(n_batch, n_modalities)``: 1 where the batch has training cells measuring the modality.
+    n_latent, n_hidden, n_layers, dropout_rate
+        Sizes of the networks.
+    encode_covariates
+        Give the batch and covariates to the encoders too.
+    rna_likelihood, atac_likelihood
+        ``nb``/``zinb`` and ``bernoulli``/``poisson``.
+    cross_weight
+        Weight of each single-modality posterior's ELBO (the interdependent terms).
+    contrastive_weight
+        Weight of the InfoNCE alignment between modalities of the same cell; 0 switches it off.
+    temperature, learn_temperature
+        Initial InfoNCE temperature and whether it is learned.
+    protein_background_init
+        Initial log background rate per protein.
+    """
+
+    def __init__(
+        self,
+        n_features: Mapping[str, int],
+        feature_masks: Mapping[str, torch.Tensor],
+        *,
+        n_batch: int = 1,
+        n_cats_per_cov: Sequence[int] = (),
+        batch_has_modality: torch.Tensor | None = None,
+        n_latent: int = 20,
+        n_hidden: int = 256,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        encode_covariates: bool = False,
+        rna_likelihood: Literal["nb", "zinb"] = "nb",
+        atac_likelihood: Literal["bernoulli", "poisson"] = "bernoulli",
+        cross_weight: float = 1.0,
+        contrastive_weight: float = 1.0,
+        temperature: float = 0.1,
+        learn_temperature: bool = True,
+        protein_background_init: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        self.modalities = tuple(n_features)
+        self.n_latent = n_latent
+        self.n_batch = n_batch
+        self.cross_weight = cross_weight
+        self.contrastive_weight = contrastive_weight
+        self.encode_covariates = encode_covariates
+        n_panels = next(iter(feature_masks.values())).shape[0]
+        self.n_panels = n_panels
+        for modality, mask in feature_masks.items():
+            self.register_buffer(f"feature_mask_{modality}", mask.float())
+        if batch_has_modality is None:
+            batch_has_modality = torch.ones(n_batch, len(self.modalities))
+        self.register_buffer("batch_has_modality", batch_has_modality.float())
+        self.register_buffer("atac_cell_factor_mean", torch.tensor(0.5))
+
+        decoder_cats = [n_batch, *n_cats_per_cov]
+        encoder_cats = [n_panels] + (decoder_cats if encode_covariates else [])
+        self.encoders = nn.ModuleDict(
+            {
+                modality: Encoder(
+                    n_features[modality],
+                    n_latent,
+                    n_cat_list=encoder_cats,
+                    n_layers=n_layers,
+                    n_hidden=n_hidden,
+                    dropout_rate=dropout_rate,
+                    return_dist=True,
+                    **_NORM,
+                )
+                for modality in self.modalities
+            }
+        )
+        decoders = {}
+        if "rna" in n_features:
+            decoders["rna"] = RNADecoder(
+                n_latent, n_features["rna"], decoder_cats, n_hidden=n_hidden, likelihood=rna_likelihood
+            )
+        if "atac" in n_features:
+            decoders["atac"] = ATACDecoder(
+                n_latent, n_features["atac"], decoder_cats, n_hidden=n_hidden, likelihood=atac_likelihood
+            )
+            self.cell_factor_encoder = CellFactorEncoder(n_features["atac"], encoder_cats)
+        if "protein" in n_features:
+            decoders["protein"] = ProteinDecoder(
+                n_latent,
+                n_features["protein"],
+                n_batch,
+                decoder_cats,
+                n_hidden=n_hidden,
+                background_init=protein_background_init,
+            )
+        self.decoders = nn.ModuleDict(decoders)
+        self.projection_heads = nn.ModuleDict({modality: ProjectionHead(n_latent) for modality in self.modalities})
+        self.logit_scale = LogitScale(temperature, learnable=learn_temperature)
+
+    # ----------------------------------------------------------------------------------------- helpers
+    def feature_mask(self, modality: str, panel: torch.Tensor) -> torch.Tensor:
+        """Per-cell feature mask of shape ``(n_cells, n_features)``."""
+        return getattr(self, f"feature_mask_{modality}")[panel.view(-1).long()]
+
+    def _categoricals(self, batch_index: torch.Tensor, cat_covs: torch.Tensor | None) -> list[torch.Tensor]:
+        covs = [] if cat_covs is None else list(torch.split(cat_covs, 1, dim=1))
+        return [batch_index, *covs]
+
+    def _encoder_categoricals(self, panel, batch_index, cat_covs) -> list[torch.Tensor]:
+        return [panel] + (self._categoricals(batch_index, cat_covs) if self.encode_covariates else [])
+
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
+        return {
+            "x": {m: tensors[REGISTRY_KEYS.counts(m)] for m in self.modalities},
+            "has": {m: tensors[REGISTRY_KEYS.has(m)].view(-1) for m in self.modalities},
+            "batch_index": tensors[REGISTRY_KEYS.BATCH].long(),
+            "cat_covs": _long_or_none(tensors.get(REGISTRY_KEYS.CAT_COVS)),
+            "panel": tensors[REGISTRY_KEYS.PANEL].long(),
+        }
+
+    def _get_generative_input(self, tensors: dict[str, torch.Tensor], inference_outputs: dict) -> dict:
+        return {
+            "z": inference_outputs["z"],
+            "batch_index": tensors[REGISTRY_KEYS.BATCH].long(),
+            "cat_covs": _long_or_none(tensors.get(REGISTRY_KEYS.CAT_COVS)),
+            "panel": tensors[REGISTRY_KEYS.PANEL].long(),
+            "library": inference_outputs["library"],
+            "cell_factor": inference_outputs["cell_factor"],
+            "rows": {m: inference_outputs["has"][m].nonzero().view(-1) for m in self.modalities},
+        }
+
+    # ----------------------------------------------------------------------------------------- inference
+    @auto_move_data
+    def experts(
+        self,
+        x: Mapping[str, torch.Tensor],
+        has: Mapping[str, torch.Tensor],
+        batch_index: torch.Tensor,
+        cat_covs: torch.Tensor | None,
+        panel: torch.Tensor,
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Each modality's expert ``(mean, variance)`` of shape ``(n_cells, n_latent)``; rows without it are 0/1."""
+        categoricals = self._encoder_categoricals(panel, batch_index, cat_covs)
+        n_cells = panel.shape[0]
+        experts = {}
+        for modality in self.modalities:
+            mean = x[modality].new_zeros(n_cells, self.n_latent)
+            variance = x[modality].new_ones(n_cells, self.n_latent)
+            rows = has[modality].nonzero().view(-1)
+            if rows.numel() > 0:
+                mask = self.feature_mask(modality, panel[rows])
+                encoder_input = ENCODER_INPUTS[modality](x[modality][rows].float(), mask)
+                qz, _ = self.encoders[modality](encoder_input, *[c[rows] for c in categoricals])
+                mean = mean.index_copy(0, rows, qz.loc)
+                variance = variance.index_copy(0, rows, qz.scale.pow(2))
+            experts[modality] = (mean, variance)
+        return experts
+
+    def fuse(
+        self,
+        experts: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+        has: Mapping[str, torch.Tensor],
+        use: Sequence[str] | None = None,
+    ) -> Normal:
+        """Product of the experts in ``use`` (default: all) that each cell has, and the prior."""
+        use = self.modalities if use is None else use
+        return product_of_experts(
+            [experts[m][0] for m in use], [experts[m][1] for m in use], [has[m].float() for m in use]
+        )
+
+    @auto_move_data
+    def inference(self, x, has, batch_index, cat_covs, panel) -> dict:
+        """Encode, fuse, and sample one ``z`` per posterior: the joint one, then each modality's own."""
+        experts = self.experts(x, has, batch_index, cat_covs, panel)
+        posteriors = [self.fuse(experts, has)] + [self.fuse(experts, has, [m]) for m in self.modalities]
+        qz = Normal(torch.stack([q.loc for q in posteriors]), torch.stack([q.scale for q in posteriors]))
+        library = {}
+        for modality in self.modalities:
+            mask = self.feature_mask(modality, panel)
+            library[modality] = (x[modality].float() * mask).sum(-1, keepdim=True).clamp_min(1.0)
+        return {
+            "qz": qz,
+            "z": qz.rsample(),
+            "experts": experts,
+            "has": has,
+            "library": library,
+            "cell_factor": self._cell_factor(x, has, panel, batch_index, cat_covs),
+        }
+
+    def _cell_factor(self, x, has, panel, batch_index, cat_covs) -> torch.Tensor | None:
+        if "atac" not in self.modalities:
+            return None
+        n_cells = panel.shape[0]
+        factor = self.atac_cell_factor_mean.expand(n_cells, 1).clone()
+        rows = has["atac"].nonzero().view(-1)
+        if rows.numel() > 0:
+            categoricals = self._encoder_categoricals(panel, batch_index, cat_covs)
+            mask = self.feature_mask("atac", panel[rows])
+            own = self.cell_factor_encoder(
+                ENCODER_INPUTS["atac"](x["atac"][rows].float(), mask), *[c[rows] for c in categoricals]
+            )
+            if self.training:
+                with torch.no_grad():
+                    self.atac_cell_factor_mean.lerp_(own.mean(), 0.01)
+            factor = factor.index_copy(0, rows, own)
+        return factor
+
+    # ----------------------------------------------------------------------------------------- generative
+    @auto_move_data
+    def generative(self, z, batch_index, cat_covs, panel, library, cell_factor, rows=None) -> dict:
+        """Decode ``z`` of shape ``(n_posteriors, n_cells, n_latent)`` into each modality's distribution.
+
+        ``rows`` (modality -> cell indices) restricts each decoder to the cells that measured the modality.
+        """
+        categoricals = self._categoricals(batch_index, cat_covs)
+        outputs = {}
+        for modality in self.modalities:
+            index = rows[modality] if rows is not None else torch.arange(z.shape[1], device=z.device)
+            if index.numel() == 0:
+                outputs[modality] = None
+                continue
+            outputs[modality] = self.decode(
+                modality,
+                z[:, index],
+                [c[index] for c in categoricals],
+                self.feature_mask(modality, panel[index]),
+                library[modality][index] if library is not None else None,
+                cell_factor[index] if cell_factor is not None else None,
+            )
+        return {"px": outputs, "rows": rows}
+
+    def decode(self, modality, z, categoricals, feature_mask, library=None, cell_factor=None):
+        """Decode one modality; return ``(distribution, parts)``."""
+        if modality == "rna":
+            return self.decoders["rna"](z, library if library is not None else 1.0, feature_mask, *categoricals)
+        if modality == "atac":
+            lib = library if library is not None else 1.0
+            return self.decoders["atac"](z, cell_factor, lib, feature_mask, *categoricals)
+        return self.decoders["protein"](z, categoricals[0], *categoricals)
+
+    def predicted_values(self, modality, z, categoricals, feature_mask, cell_factor=None) -> torch.Tensor:
+        """The decoded mean of ``modality`` in its reporting scale (log1p per 10k, probability, CLR)."""
+        px, parts = self.decode(modality, z, categoricals, feature_mask, None, cell_factor)
+        if modality == "rna":
+            return torch.log1p(parts * RNA_TARGET_SUM)
+        if modality == "atac":
+            return parts
+        return clr(px.mean, feature_mask)
+
+    def denoised_values(self, modality, z, categoricals, feature_mask, cell_factor=None) -> torch.Tensor:
+        """Like :meth:`predicted_values`, but protein without its background (foreground only)."""
+        if modality != "protein":
+            return self.predicted_values(modality, z, categoricals, feature_mask, cell_factor)
+        _, parts = self.decode(modality, z, categoricals, feature_mask)
+        foreground = (1.0 - parts["mixing"]) * parts["foreground"]
+        return clr(foreground, feature_mask)
+
+    # ----------------------------------------------------------------------------------------- loss
+    def loss(self, tensors, inference_outputs, generative_outputs, kl_weight: float = 1.0) -> LossOutput:
+        """Interdependent ELBO (joint + each measured modality's own posterior) plus contrastive alignment."""
+        has = inference_outputs["has"]
+        panel = tensors[REGISTRY_KEYS.PANEL].long()
+        qz = inference_outputs["qz"]
+        n_posteriors, n_cells = qz.loc.shape[:2]
+        reconstruction = {}
+        total_nll = qz.loc.new_zeros(n_posteriors, n_cells)
+        for modality in self.modalities:
+            index = generative_outputs["rows"][modality]
+            if index.numel() == 0:
+                reconstruction[modality] = qz.loc.new_zeros(n_cells)
+                continue
+            px, _ = generative_outputs["px"][modality]
+            target = tensors[REGISTRY_KEYS.counts(modality)][index].float()
+            if modality == "atac" and self.decoders["atac"].likelihood == "bernoulli":
+                target = (target > 0).float()
+            mask = self.feature_mask(modality, panel[index])
+            nll = -(px.log_prob(target) * mask).sum(-1)
+            nll_all = qz.loc.new_zeros(n_posteriors, n_cells).index_copy(1, index, nll)
+            total_nll = total_nll + nll_all
+            reconstruction[modality] = nll_all[0]
+
+        kl = kl_divergence(qz, Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale))).sum(-1)
+        n_measured = sum(has[m].float() for m in self.modalities)
+        # a cell with one modality has single posterior == joint posterior: count it once
+        single_weights = [self.cross_weight * has[m].float() * (n_measured > 1).float() for m in self.modalities]
+        weights = torch.stack([torch.ones_like(n_measured), *single_weights])
+        per_cell = (weights * (total_nll + kl_weight * kl)).sum(0)
+
+        contrastive = self._contrastive(inference_outputs["experts"], has)
+        loss = per_cell.mean() + self.contrastive_weight * contrastive
+        return LossOutput(
+            loss=loss,
+            reconstruction_loss={f"reconstruction_{m}": value for m, value in reconstruction.items()},
+            kl_local={"kl_joint": kl[0]},
+            extra_metrics={"contrastive": contrastive.detach(), "inverse_temperature": self.logit_scale().detach()},
+        )
+
+    def _contrastive(self, experts, has) -> torch.Tensor:
+        total = next(iter(experts.values()))[0].new_zeros(())
+        if self.contrastive_weight == 0:
+            return total
+        scale = self.logit_scale()
+        for left, right in itertools.combinations(self.modalities, 2):
+            rows = (has[left] * has[right]).nonzero().view(-1)
+            if rows.numel() < 2:
+                continue
+            embed_left = self.projection_heads[left](experts[left][0][rows])
+            embed_right = self.projection_heads[right](experts[right][0][rows])
+            total = total + symmetric_info_nce(embed_left, embed_right, scale)
+        return total
+
+    @torch.inference_mode()
+    def sample(self, *args, **kwargs):
+        """Not used; predictions go through :meth:`predicted_values`."""
+        raise NotImplementedError("use JointVAE.predict")
+
+
+__all__ = ["JOINT", "JointVAEModule"]
