@@ -79,9 +79,7 @@ def build_aligned(
     return aligned
 
 
-def feature_masks(
-    mdata: MuData, modalities: Mapping[str, str], panels: list[str]
-) -> dict[str, np.ndarray]:
+def feature_masks(mdata: MuData, modalities: Mapping[str, str], panels: list[str]) -> dict[str, np.ndarray]:
     """Modality -> float array (n_panels, n_features): which features each panel (dataset) measured.
 
     Read from ``mdata.mod[key].varm['measured']`` (written by :func:`pengster.data.mosaic`); all ones when absent.
@@ -94,7 +92,9 @@ def feature_masks(
         mask = np.ones((len(panels), adata.n_vars), dtype=np.float32)
         measured = adata.varm[MEASURED_VARM_KEY] if MEASURED_VARM_KEY in adata.varm else None
         if measured is not None:
-            measured = pd.DataFrame(measured, index=adata.var_names) if not isinstance(measured, pd.DataFrame) else measured
+            measured = (
+                pd.DataFrame(measured, index=adata.var_names) if not isinstance(measured, pd.DataFrame) else measured
+            )
             for index, panel in enumerate(panels):
                 if panel in measured.columns:
                     row = measured[panel].to_numpy().astype(np.float32)

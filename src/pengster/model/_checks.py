@@ -24,9 +24,7 @@ _CHUNK_ROWS = 65_536
 def check_mudata(mdata: object) -> MuData:
     """Raise unless ``mdata`` is a MuData with unique obs names, in sync with its modalities."""
     if isinstance(mdata, AnnData):
-        raise TypeError(
-            "JointVAE.setup_mudata needs a MuData, got an AnnData; wrap it: mudata.MuData({'rna': adata})."
-        )
+        raise TypeError("JointVAE.setup_mudata needs a MuData, got an AnnData; wrap it: mudata.MuData({'rna': adata}).")
     if not isinstance(mdata, MuData):
         raise TypeError(f"JointVAE.setup_mudata needs a mudata.MuData, got {type(mdata).__name__}.")
     if not mdata.obs_names.is_unique:
@@ -135,9 +133,7 @@ def check_counts(matrix, *, mod_key: str, layer: str | None, modality: str) -> N
         fractional = values != np.round(values)
         if fractional.any():
             hint = " it looks log-normalized;" if values.max() < 20 else ""
-            raise ValueError(
-                f"{where} has non-integer values (e.g. {values[fractional][0]:.4g});{hint} {fix}."
-            )
+            raise ValueError(f"{where} has non-integer values (e.g. {values[fractional][0]:.4g});{hint} {fix}.")
 
 
 def check_obs_key(mdata: MuData, key: str, *, argument: str) -> pd.Series:

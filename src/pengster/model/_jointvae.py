@@ -124,7 +124,9 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
     @classmethod
     def setup_anndata(cls, adata, *args, **kwargs):
         """Not supported: JointVAE registers MuData; use :meth:`setup_mudata`."""
-        raise TypeError("JointVAE registers MuData: wrap your AnnData, mudata.MuData({'rna': adata}), and call setup_mudata.")
+        raise TypeError(
+            "JointVAE registers MuData: wrap your AnnData, mudata.MuData({'rna': adata}), and call setup_mudata."
+        )
 
     @classmethod
     def setup_mudata(
@@ -303,7 +305,7 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         own_ok = seen[batch_index.view(-1)] > 0
         values = decode(target, z, module._categoricals(batch_index, cat_covs), mask, cell_factor)
         if not own_ok.all():
-            stand_ins = [b for b in torch.nonzero(seen).view(-1).tolist()]
+            stand_ins = torch.nonzero(seen).view(-1).tolist()
             averaged = sum(
                 decode(target, z, module._categoricals(torch.full_like(batch_index, b), cat_covs), mask, cell_factor)
                 for b in stand_ins
@@ -355,7 +357,13 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         """
         self._check_if_trained(warn=False)
         self._check_modality(target, argument="target")
-        sources = [m for m in self.modalities if m != target] if source is None else [source] if isinstance(source, str) else list(source)
+        sources = (
+            [m for m in self.modalities if m != target]
+            if source is None
+            else [source]
+            if isinstance(source, str)
+            else list(source)
+        )
         for modality in sources:
             self._check_modality(modality, argument="source")
         if target in sources:

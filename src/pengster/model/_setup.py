@@ -21,7 +21,11 @@ from pengster._constants import DATASET_KEY, REGISTRY_KEYS
 
 from . import _align, _checks
 
-_DEFAULT_MOD_KEYS = {"rna": ("rna", "gex", "RNA"), "atac": ("atac", "ATAC", "peaks"), "protein": ("prot", "protein", "adt", "ADT")}
+_DEFAULT_MOD_KEYS = {
+    "rna": ("rna", "gex", "RNA"),
+    "atac": ("atac", "ATAC", "peaks"),
+    "protein": ("prot", "protein", "adt", "ADT"),
+}
 
 
 @dataclass
@@ -77,7 +81,7 @@ def prepare(
                 "rename the modality keys to match."
             )
         for modality, mod_key in modalities.items():
-            if mod_key not in absent:
+            if modality not in absent:
                 _checks.check_features(mdata, mod_key, reference_var_names[mod_key])
     present = _checks.check_modalities(mdata, {m: k for m, k in modalities.items() if m not in absent})
     layers = _checks.check_layers(mdata, present, {m: v for m, v in (layers or {}).items() if m in present})

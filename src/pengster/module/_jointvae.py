@@ -176,8 +176,24 @@ class JointVAEModule(BaseModuleClass):
             "panel": tensors[REGISTRY_KEYS.PANEL].long(),
             "library": inference_outputs["library"],
             "cell_factor": inference_outputs["cell_factor"],
-            "rows": {m: inference_outputs["has"][m].nonzero().view(-1) for m in self.modalities},
+            "pairs": self.reconstruction_pairs(inference_outputs["has"]),
         }
+
+    def reconstruction_pairs(self, has: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Modality -> (posterior index, cell index) of every reconstruction term of the interdependent ELBO.
+
+        Posterior 0 is the joint one, posterior ``1 + k`` the ``k``-th modality's own. Modality ``m`` of cell ``i``
+        is reconstructed from the joint posterior when the cell measured ``m``, and from the posterior of each
+        modality ``s`` the cell measured when it measured at least two (with one, ``s``'s posterior is the joint).
+        """
+        measured = torch.stack([has[m] > 0 for m in self.modalities])  # (n_modalities, n_cells)
+        several = measured.sum(0) > 1
+        needed = torch.cat([torch.ones_like(measured[:1]), measured & several])  # (n_posteriors, n_cells)
+        pairs = {}
+        for row, modality in enumerate(self.modalities):
+            posterior, cell = torch.nonzero(needed & measured[row], as_tuple=True)
+            pairs[modality] = (posterior, cell)
+        return pairs
 
     # ----------------------------------------------------------------------------------------- inference
     @auto_move_data
@@ -257,27 +273,26 @@ class JointVAEModule(BaseModuleClass):
 
     # ----------------------------------------------------------------------------------------- generative
     @auto_move_data
-    def generative(self, z, batch_index, cat_covs, panel, library, cell_factor, rows=None) -> dict:
-        """Decode ``z`` of shape ``(n_posteriors, n_cells, n_latent)`` into each modality's distribution.
+    def generative(self, z, batch_index, cat_covs, panel, library, cell_factor, pairs) -> dict:
+        """Decode ``z`` of shape ``(n_posteriors, n_cells, n_latent)`` at each modality's (posterior, cell) pairs.
 
-        ``rows`` (modality -> cell indices) restricts each decoder to the cells that measured the modality.
+        See :meth:`reconstruction_pairs`; returns modality -> ``(distribution, parts)`` over the pairs.
         """
         categoricals = self._categoricals(batch_index, cat_covs)
         outputs = {}
-        for modality in self.modalities:
-            index = rows[modality] if rows is not None else torch.arange(z.shape[1], device=z.device)
-            if index.numel() == 0:
+        for modality, (posterior, cell) in pairs.items():
+            if cell.numel() == 0:
                 outputs[modality] = None
                 continue
             outputs[modality] = self.decode(
                 modality,
-                z[:, index],
-                [c[index] for c in categoricals],
-                self.feature_mask(modality, panel[index]),
-                library[modality][index] if library is not None else None,
-                cell_factor[index] if cell_factor is not None else None,
+                z[posterior, cell],
+                [c[cell] for c in categoricals],
+                self.feature_mask(modality, panel[cell]),
+                library[modality][cell],
+                cell_factor[cell] if cell_factor is not None else None,
             )
-        return {"px": outputs, "rows": rows}
+        return {"px": outputs, "pairs": pairs}
 
     def decode(self, modality, z, categoricals, feature_mask, library=None, cell_factor=None):
         """Decode one modality; return ``(distribution, parts)``."""
@@ -313,21 +328,21 @@ class JointVAEModule(BaseModuleClass):
         qz = inference_outputs["qz"]
         n_posteriors, n_cells = qz.loc.shape[:2]
         reconstruction = {}
-        total_nll = qz.loc.new_zeros(n_posteriors, n_cells)
+        total_nll = qz.loc.new_zeros(n_posteriors * n_cells)
         for modality in self.modalities:
-            index = generative_outputs["rows"][modality]
-            if index.numel() == 0:
-                reconstruction[modality] = qz.loc.new_zeros(n_cells)
-                continue
-            px, _ = generative_outputs["px"][modality]
-            target = tensors[REGISTRY_KEYS.counts(modality)][index].float()
-            if modality == "atac" and self.decoders["atac"].likelihood == "bernoulli":
-                target = (target > 0).float()
-            mask = self.feature_mask(modality, panel[index])
-            nll = -(px.log_prob(target) * mask).sum(-1)
-            nll_all = qz.loc.new_zeros(n_posteriors, n_cells).index_copy(1, index, nll)
-            total_nll = total_nll + nll_all
-            reconstruction[modality] = nll_all[0]
+            posterior, cell = generative_outputs["pairs"][modality]
+            joint_nll = qz.loc.new_zeros(n_cells)
+            if cell.numel() > 0:
+                px, _ = generative_outputs["px"][modality]
+                target = tensors[REGISTRY_KEYS.counts(modality)][cell].float()
+                if modality == "atac" and self.decoders["atac"].likelihood == "bernoulli":
+                    target = (target > 0).float()
+                nll = -(px.log_prob(target) * self.feature_mask(modality, panel[cell])).sum(-1)
+                total_nll = total_nll.index_add(0, posterior * n_cells + cell, nll)
+                is_joint = posterior == 0
+                joint_nll = joint_nll.index_add(0, cell[is_joint], nll[is_joint])
+            reconstruction[modality] = joint_nll
+        total_nll = total_nll.view(n_posteriors, n_cells)
 
         kl = kl_divergence(qz, Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale))).sum(-1)
         n_measured = sum(has[m].float() for m in self.modalities)

@@ -6,9 +6,7 @@ import torch
 from torch.distributions import Normal
 
 
-def product_of_experts(
-    means: list[torch.Tensor], variances: list[torch.Tensor], masks: list[torch.Tensor]
-) -> Normal:
+def product_of_experts(means: list[torch.Tensor], variances: list[torch.Tensor], masks: list[torch.Tensor]) -> Normal:
     """Fuse Gaussian experts and a standard normal prior expert, ignoring masked-out experts.
 
     Parameters

@@ -9,7 +9,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 
 
-def training_history(model, *, keys: Sequence[str] = ("train_loss_epoch", "validation_loss"), ax: Axes | None = None) -> Axes:
+def training_history(model, *, keys: Sequence[str] = ("train_loss", "validation_loss"), ax: Axes | None = None) -> Axes:
     """Plot the per-epoch curves of a trained model's ``history`` (default: training and validation loss)."""
     import matplotlib.pyplot as plt
 
@@ -36,7 +36,9 @@ def predicted_vs_observed(
 
     for name, frame in (("predicted", predicted), ("observed", observed)):
         if feature not in frame.columns:
-            raise KeyError(f"{name} has no column {feature!r}; pass one of its columns, e.g. {list(frame.columns[:5])}.")
+            raise KeyError(
+                f"{name} has no column {feature!r}; pass one of its columns, e.g. {list(frame.columns[:5])}."
+            )
     cells = predicted.index.intersection(observed.index)
     x = observed.loc[cells, feature].to_numpy(dtype=float)
     y = predicted.loc[cells, feature].to_numpy(dtype=float)
