@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mudata as md
+import pytest
+import scvi
+import torch
+
+# one thread: on 2-core CI machines torch's default threading can be many times slower
+torch.set_num_threads(1)
+md.set_options(pull_on_update=False)
+scvi.settings.dl_num_workers = 0
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    scvi.settings.seed = 0
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real data (../shared/data); tests that need it skip when PENGSTER_DATA_DIR is unset."""
+    value = os.environ.get("PENGSTER_DATA_DIR")
+    if not value or not Path(value).is_dir():
+        pytest.skip("PENGSTER_DATA_DIR is not set to the real data folder")
+    return Path(value)
