@@ -41,7 +41,9 @@ def test_product_of_experts_closed_form_and_mask():
     torch.testing.assert_close(both.loc, expected_mean)
     torch.testing.assert_close(both.scale, precision.rsqrt())
     # a masked expert contributes nothing, even if it holds NaN
-    poisoned = product_of_experts([mean[0], torch.full_like(mean[1], torch.nan)], variance, [torch.ones(1), torch.zeros(1)])
+    poisoned = product_of_experts(
+        [mean[0], torch.full_like(mean[1], torch.nan)], variance, [torch.ones(1), torch.zeros(1)]
+    )
     alone = product_of_experts(mean[:1], variance[:1], [torch.ones(1)])
     torch.testing.assert_close(poisoned.loc, alone.loc)
     torch.testing.assert_close(poisoned.scale, alone.scale)
@@ -111,9 +113,7 @@ def test_save_load_round_trip(model, mosaic, tmp_path):
     model.save(tmp_path / "model", overwrite=True)
     loaded = JointVAE.load(str(tmp_path / "model"), mdata=mosaic)
     np.testing.assert_array_equal(model.get_latent_representation(), loaded.get_latent_representation())
-    np.testing.assert_array_equal(
-        model.predict(target="rna").to_numpy(), loaded.predict(target="rna").to_numpy()
-    )
+    np.testing.assert_array_equal(model.predict(target="rna").to_numpy(), loaded.predict(target="rna").to_numpy())
 
 
 def test_training_reduces_loss_and_contrastive_switch(mosaic):

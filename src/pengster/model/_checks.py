@@ -73,7 +73,10 @@ def check_modalities(mdata: MuData, modalities: Mapping[str, str]) -> dict[str, 
                 "call mdata.update()."
             )
     if len(set(modalities.values())) != len(modalities):
-        raise ValueError(f"modalities maps two modalities to the same mdata.mod key: {dict(modalities)}.")
+        raise ValueError(
+            f"modalities maps two modalities to the same mdata.mod key: {dict(modalities)}; give each modality its "
+            f"own key of mdata.mod, which has {list(mdata.mod)}."
+        )
     return {m: modalities[m] for m in MODALITIES if m in modalities}
 
 

@@ -367,7 +367,10 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         for modality in sources:
             self._check_modality(modality, argument="source")
         if target in sources:
-            raise ValueError(f"source {sources} contains the target {target!r}; predict a modality from the others.")
+            raise ValueError(
+                f"source {sources} contains the target {target!r}; pass source=<other modalities of "
+                f"{list(self.modalities)}>, or None for all modalities but the target."
+            )
         if n_samples < 1:
             raise ValueError(f"n_samples={n_samples}; pass n_samples >= 1.")
         return_std = n_samples > 1 if return_std is None else return_std

@@ -71,7 +71,7 @@ def prepare(
     a modality it lacks becomes empty (no cell measured it), and the features of those it has must match.
     """
     mdata = _checks.check_mudata(mdata)
-    modalities = dict(modalities or default_modalities(mdata))
+    modalities = dict(default_modalities(mdata) if modalities is None else modalities)
     absent = {}
     if reference_var_names is not None:
         absent = {m: k for m, k in modalities.items() if k not in mdata.mod}
@@ -84,7 +84,7 @@ def prepare(
             if modality not in absent:
                 _checks.check_features(mdata, mod_key, reference_var_names[mod_key])
     present = _checks.check_modalities(mdata, {m: k for m, k in modalities.items() if m not in absent})
-    layers = _checks.check_layers(mdata, present, {m: v for m, v in (layers or {}).items() if m in present})
+    layers = _checks.check_layers(mdata, present, {m: v for m, v in (layers or {}).items() if m not in absent})
     modalities = {m: modalities[m] for m in ("rna", "atac", "protein") if m in modalities}
     for modality, mod_key in present.items():
         matrix = _checks.count_matrix(mdata, mod_key, layers[modality])

@@ -15,8 +15,14 @@ def rna_encoder_input(counts: torch.Tensor, feature_mask: torch.Tensor) -> torch
 
 
 def atac_encoder_input(counts: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
-    """Binarised accessibility of the measured peaks."""
-    return (counts > 0).to(counts.dtype) * feature_mask
+    """Binarised accessibility of the measured peaks, as log1p term frequency (per 10k open peaks).
+
+    Dividing by the number of open peaks removes sequencing depth, which varies a lot between nuclei in very sparse
+    ATAC (SNARE-seq2: 0.4% nonzero), so the encoder sees which peaks are open rather than how many.
+    """
+    binary = (counts > 0).to(counts.dtype) * feature_mask
+    n_open = binary.sum(-1, keepdim=True).clamp_min(1.0)
+    return torch.log1p(binary / n_open * 1e4)
 
 
 def protein_encoder_input(counts: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
