@@ -61,6 +61,7 @@ def run_demo(out_dir: str | Path = "demo_output", *, max_epochs: int = 300, seed
     import pengster
 
     start = time.perf_counter()
+    threads = torch.get_num_threads()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scvi.settings.seed = seed
@@ -103,7 +104,7 @@ def run_demo(out_dir: str | Path = "demo_output", *, max_epochs: int = 300, seed
     sc.pp.neighbors(embedding, use_rep="X_pengster", random_state=seed)
     sc.tl.umap(embedding, random_state=seed)
     mdata.obsm["X_umap"] = embedding.obsm["X_umap"]
-    figure = sc.pl.umap(embedding, color=["cell_type", "dataset"], show=False, return_fig=True, wspace=0.5)
+    figure = sc.pl.umap(embedding, color=["cell_type", "dataset"], show=False, return_fig=True, wspace=0.9)
     figure.savefig(out_dir / "umap.png", dpi=110, bbox_inches="tight")
     mdata.write(out_dir / "pengster_demo.h5mu")
     table.to_csv(out_dir / "metrics.csv")
@@ -115,6 +116,6 @@ def run_demo(out_dir: str | Path = "demo_output", *, max_epochs: int = 300, seed
     print(table.round(3).to_string())
     print(
         f"\nwrote {out_dir / 'pengster_demo.h5mu'}, {out_dir / 'umap.png'}; wall time {elapsed:.0f} s "
-        f"(torch threads: {torch.get_num_threads()})"
+        f"(torch threads: {threads})"
     )
     return table
