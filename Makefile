@@ -24,12 +24,12 @@ demo: setup
 	$(BIN)/pengster demo --out demo_output
 
 test: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest -q --durations=15
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
 
 $(VENV)/.docs: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[docs]"
