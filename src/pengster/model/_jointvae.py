@@ -245,9 +245,6 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
                 f"pass one of those (set up the data with modalities={{{modality!r}: ...}} to model it)."
             )
 
-    def _n_obs(self, mdata) -> int:
-        return self._aligned(mdata).n_obs
-
     @torch.inference_mode()
     def get_latent_representation(
         self,

@@ -26,9 +26,6 @@ from pengster.nn import (
 
 from ._inputs import ENCODER_INPUTS, RNA_TARGET_SUM, clr
 
-JOINT = "joint"
-"""Name of the posterior fused over all of a cell's measured modalities."""
-
 _NORM = {"use_batch_norm": False, "use_layer_norm": True}
 # Layer norm, not batch norm: a mosaic minibatch may hold a single cell of a modality, and the statistics of
 # padded rows (cells without the modality) must never enter the normalisation.
@@ -374,10 +371,5 @@ class JointVAEModule(BaseModuleClass):
             total = total + symmetric_info_nce(embed_left, embed_right, scale)
         return total
 
-    @torch.inference_mode()
-    def sample(self, *args, **kwargs):
-        """Not used; predictions go through :meth:`predicted_values`."""
-        raise NotImplementedError("use JointVAE.predict")
 
-
-__all__ = ["JOINT", "JointVAEModule"]
+__all__ = ["JointVAEModule"]
