@@ -82,7 +82,7 @@ def test_env_var_wins(fake_retrieve, monkeypatch, tmp_path):
     assert fake_retrieve == []
 
 
-@pytest.mark.parametrize("file_name", ["mop_snareseq2_dev.h5mu", "pbmc_1k_protein_v3.h5mu"])
+@pytest.mark.parametrize("file_name", ["pbmc_1k_protein_v3.h5mu"])
 def test_files_without_download_say_how_to_get_them(fake_retrieve, monkeypatch, tmp_path, file_name):
     monkeypatch.setenv(_fetch.DATA_DIR_ENV, str(tmp_path))
     with pytest.raises(FileNotFoundError, match="PENGSTER_DATA_DIR") as error:

@@ -62,9 +62,11 @@ def mop_snareseq2() -> md.MuData:
     """Mouse motor cortex SNARE-seq2 (paired RNA + ATAC), 8 of 12 libraries: 6,968 nuclei.
 
     ``rna`` 1,677 genes, ``atac`` 25,734 peaks (var: chrom, start, end), counts in X; obs ``batch``,
-    ``cell_type`` (15), ``cell_type_fine`` (23). This h5mu has no public download: it is read from
-    ``$PENGSTER_DATA_DIR/mop_snareseq2_dev.h5mu`` only, and was built from GitHub ``PeterZZQ/scMoMaT``,
-    ``data/real/MOp_5batches/`` (commit 39fd0972).
+    ``cell_type`` (15), ``cell_type_fine`` (23). Read from ``$PENGSTER_DATA_DIR/mop_snareseq2_dev.h5mu`` when
+    it is there; else GitHub ``PeterZZQ/scMoMaT``'s ``data/real/MOp_5batches/`` files (``GxC1.npz``,
+    ``RxC1.npz``, ``meta_c1.csv``, ``genes.txt``, ``regions.txt``; commit 39fd0972) are downloaded into the
+    pooch cache and assembled (libraries 09A-09H) by :func:`~pengster.datasets._snareseq2.build_mop_snareseq2`,
+    and the result must match the pinned content sha256 of the maintainers' file.
 
     Returns
     -------
@@ -72,8 +74,8 @@ def mop_snareseq2() -> md.MuData:
 
     Raises
     ------
-    FileNotFoundError
-        When ``$PENGSTER_DATA_DIR`` does not hold the file.
+    ValueError
+        When the assembled data differ from the pinned content hash.
     """
     return _read_h5mu("mop_snareseq2_dev.h5mu")
 

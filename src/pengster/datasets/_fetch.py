@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pooch
+
+from ._snareseq2 import download_mop_snareseq2
 
 logger = logging.getLogger(__name__)
 
@@ -63,15 +66,14 @@ REGISTRY: dict[str, Remote | None] = {
         "24df81372decc6d3edf6c2481d7b0c58f4685386d2ac938564946916f1bd9522",
         member="scmidas/data/quickstart_pbmc_mosaic.h5mu",
     ),
-    # built by the pengster maintainers from public sources; no public URL serves these h5mu files
-    "mop_snareseq2_dev.h5mu": None,
+    # built by the pengster maintainers from public sources; no public URL serves this h5mu file
     "pbmc_1k_protein_v3.h5mu": None,
 }
 
+ASSEMBLED: dict[str, Callable[[], Path]] = {"mop_snareseq2_dev.h5mu": download_mop_snareseq2}
+"""Files no URL serves as such: downloaded as their public parts and assembled (content-hash checked) in the cache."""
+
 SOURCES = {
-    "mop_snareseq2_dev.h5mu": (
-        "GitHub PeterZZQ/scMoMaT, data/real/MOp_5batches/ (GxC1, RxC1, meta_c1), commit 39fd0972 (MIT)"
-    ),
     "pbmc_1k_protein_v3.h5mu": (
         "GitHub openproblems-bio/neurips2021_multimodal_viash, resources_test/common/pbmc_1k_protein_v3.*, "
         "commit a0832a93 (MIT)"
@@ -85,7 +87,7 @@ def fetch(file_name: str) -> Path:
     Parameters
     ----------
     file_name
-        A key of :data:`REGISTRY`.
+        A key of :data:`REGISTRY` or :data:`ASSEMBLED`.
 
     Returns
     -------
@@ -103,6 +105,8 @@ def fetch(file_name: str) -> Path:
             logger.info("using %s from $%s", local, DATA_DIR_ENV)
             return local
         logger.info("%s is not in $%s=%s; trying a download", file_name, DATA_DIR_ENV, data_dir)
+    if file_name in ASSEMBLED:
+        return ASSEMBLED[file_name]()
     remote = REGISTRY[file_name]
     if remote is None:
         where = f"${DATA_DIR_ENV}={data_dir}" if data_dir else f"${DATA_DIR_ENV} (unset)"
