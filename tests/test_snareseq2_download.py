@@ -193,3 +193,13 @@ def test_raw_matrix_of_the_wrong_orientation_is_named(raw_dir, tmp_path):
     sp.save_npz(raw / "RxC1.npz", sp.load_npz(raw / "RxC1.npz").T.tocsr())
     with pytest.raises(ValueError, match=r"RxC1\.npz has shape .* regions x cells"):
         _snareseq2.build_mop_snareseq2(raw)
+
+
+def test_raw_file_that_is_no_npz_is_named(raw_dir, tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in _snareseq2.RAW_FILES:
+        (raw / name).write_bytes((raw_dir / name).read_bytes())
+    (raw / "GxC1.npz").write_text("version https://git-lfs.github.com/spec/v1\n")
+    with pytest.raises(ValueError, match=r"GxC1\.npz is not a scipy sparse \.npz.*git-lfs"):
+        _snareseq2.build_mop_snareseq2(raw)

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import anndata as ad
@@ -123,7 +124,13 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _cells_by_features(path: Path, *, n_features: int, n_cells: int, what: str) -> sp.csr_matrix:
-    matrix = sp.load_npz(path)
+    try:
+        matrix = sp.load_npz(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"{path} is not a scipy sparse .npz ({error}); it starts with {path.read_bytes()[:40]!r}. "
+            f"Delete it and download again."
+        ) from error
     if matrix.shape != (n_features, n_cells):
         raise ValueError(
             f"{path.name} has shape {matrix.shape}; scMoMaT stores {what} x cells, expected "
