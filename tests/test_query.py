@@ -238,3 +238,12 @@ def test_query_from_saved_reference_and_bad_input(reference_model, query, tmp_pa
         relabelled = reference_model.mdata.copy()
         relabelled.obs["cell_type"] = "unknown"
         pengster.tl.transfer_labels(from_model, query, labels_key="cell_type", reference=relabelled)
+
+
+def test_unfrozen_query_trains_reference_weights(reference_model, reference, query):
+    """unfrozen=True (as in scvi-tools) releases every weight: the reference cells then move."""
+    model = JointVAE.load_query_data(query, reference_model, unfrozen=True)
+    assert all(parameter.requires_grad for parameter in model.module.parameters())
+    model.train(max_epochs=2, batch_size=64, enable_progress_bar=False)
+    moved = np.abs(model.get_latent_representation(reference) - reference_model.get_latent_representation())
+    assert moved.max() > 1e-3

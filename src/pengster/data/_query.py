@@ -135,8 +135,11 @@ def prepare_query(
     -------
     A new MuData with the reference's modality keys and features, ``varm['measured']`` (features x query
     datasets) in every modality, the dataset column in ``obs``, and a report of what was done in
-    ``uns['pengster_prepare_query']``: per modality the number of reference features, the query features found,
-    the ``missing`` reference features (zero-padded and masked) and the ``dropped`` query features.
+    ``uns['pengster_prepare_query']``: per modality the number of reference features (``n_reference``), the query
+    features found (``n_found``), the ``missing`` reference features (zero-padded and masked) and the ``dropped``
+    query features; the reference modalities the query lacks (``absent``), the query modalities the reference
+    lacks (``ignored``), ``renamed_datasets`` and ``n_cells_dropped`` (cells with none of the kept modalities).
+    The same is logged at INFO level, and a modality with under 80% of the reference's features warns.
 
     Examples
     --------
@@ -158,7 +161,10 @@ def prepare_query(
             )
     dataset_key = _dataset_key(summary)
     datasets, renamed = _query_datasets(query, dataset_key, summary.categories(REGISTRY_KEYS.PANEL))
-    report: dict = {"dataset_key": dataset_key, "renamed_datasets": renamed, "absent": []}
+    ignored = [key for key in query.mod if key not in keys.values()]
+    report: dict = {"dataset_key": dataset_key, "renamed_datasets": renamed, "absent": [], "ignored": ignored}
+    if ignored:
+        logger.info("prepare_query: query.mod %s are not modalities of the reference and are left out", ignored)
     mods = {}
     for modality, reference_key in summary.modalities.items():
         if modality not in keys:
