@@ -34,7 +34,8 @@ def write_results(
 
     - ``mdata.obsm['X_<key>']``: joint latent mean, all cells.
     - ``mdata.obsm['X_<key>_<modality>']``: latent from that modality alone; NaN rows where it was not measured.
-    - ``mdata[mod].layers['<key>_denoised']``: denoised values of the cells of that modality.
+    - ``mdata[mod].layers['<key>_denoised']``: denoised values of the cells of that modality (for the modalities
+      ``mdata`` holds: a query mapped onto a reference may lack some).
     - ``mdata.obsm['<key>_pred_<modality>']``: DataFrame, all cells x that modality's features, predicted from
       the other modalities only (NaN rows for cells that have no other modality).
     - ``mdata.obsm['<key>_pred_<modality>_std']``: its standard deviation over ``n_samples`` posterior samples.
