@@ -69,7 +69,9 @@ def _obs(rng: np.random.Generator, n_cells: int, start: int) -> pd.DataFrame:
     cell_type = rng.integers(N_TYPES, size=n_cells)
     return pd.DataFrame(
         {
-            "cell_type": pd.Categorical([f"type{t}" for t in cell_type], categories=[f"type{t}" for t in range(N_TYPES)]),
+            "cell_type": pd.Categorical(
+                [f"type{t}" for t in cell_type], categories=[f"type{t}" for t in range(N_TYPES)]
+            ),
             "batch": pd.Categorical(
                 [f"b{b}" for b in rng.integers(N_BATCHES, size=n_cells)], categories=[f"b{b}" for b in range(N_BATCHES)]
             ),
@@ -122,6 +124,7 @@ def write_multiome_h5mu(
     h5mu that ``mudata.read_h5mu(path, backed=True)`` opens.
     """
     path = Path(path)
+    ad.settings.allow_write_nullable_strings = True
     rng = np.random.default_rng(seed)
     obs = _obs(rng, n_cells, 0)
     types = obs["cell_type"].cat.codes.to_numpy()

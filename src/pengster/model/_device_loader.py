@@ -58,7 +58,7 @@ class RowSource:
                 "rows; write the matrix as CSR (adata.X = scipy.sparse.csr_matrix(adata.X)) or pass load='scvi'."
             )
         self.matrix = matrix
-        self.shape = tuple(matrix.attrs["shape"]) if group is not None else tuple(matrix.shape)
+        self.shape = tuple(matrix.shape) if hasattr(matrix, "shape") else tuple(group.attrs["shape"])
         if group is not None:
             self.indptr = np.asarray(group["indptr"][:], dtype=np.int64)
         elif self.sparse:

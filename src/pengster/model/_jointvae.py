@@ -257,7 +257,7 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             plan_kwargs=plan_kwargs,
             trainer_kwargs=kwargs,
         )
-        with _speed.fast_matmul(fast):
+        with _speed.fast_context(fast, accelerator=kwargs.get("accelerator", "auto")):
             return super().train(
                 max_epochs=max_epochs,
                 batch_size=batch_size,

@@ -69,18 +69,24 @@ def speed_options(
         loader = {"resident": data_on_device, "chunk_cells": chunk_cells, "binary_keys": binary_keys}
         splitter.setdefault("device_loader", loader)
         trainer_kwargs["datasplitter_kwargs"] = splitter
-        if _on_cuda(trainer_kwargs.get("accelerator")):
-            trainer_kwargs.setdefault("precision", "bf16-mixed")
     return batch_size, plan_kwargs, trainer_kwargs
 
 
 @contextlib.contextmanager
-def fast_matmul(enabled: bool) -> Iterator[None]:
-    """TF32 matrix products on GPUs while training (restored afterwards)."""
-    previous = torch.get_float32_matmul_precision()
-    if enabled:
+def fast_context(enabled: bool, *, accelerator: str | None) -> Iterator[None]:
+    """While training on a GPU with ``enabled``: TF32 matrix products and the compiled ATAC likelihood.
+
+    Both are process-wide switches, restored afterwards.
+    """
+    from pengster.nn import FactorBernoulli
+
+    on_gpu = enabled and _on_cuda(accelerator)
+    previous = torch.get_float32_matmul_precision(), FactorBernoulli.compile
+    if on_gpu:
         torch.set_float32_matmul_precision("high")
+        FactorBernoulli.compile = True
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(previous)
+        torch.set_float32_matmul_precision(previous[0])
+        FactorBernoulli.compile = previous[1]
