@@ -11,6 +11,8 @@ host memory, and are read back with ``backed=True``.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from pathlib import Path
 
 import anndata as ad
@@ -141,15 +143,24 @@ def write_multiome_h5mu(
             del group["indptr"]
             group.create_dataset("indptr", shape=(n_cells + 1,), dtype=np.int64)
             group["indptr"][0] = 0
-        for start in range(0, n_cells, chunk):
-            stop = min(start + chunk, n_cells)
-            for key, n_features in shapes.items():
-                density = GENE_DENSITY if key == "rna" else PEAK_DENSITY
-                block = structured_csr(rng, types[start:stop], n_features, density, counts=key == "rna")
-                group = groups[key]
-                offset = group["indices"].shape[0]
-                for name, values in (("indices", block.indices), ("data", block.data)):
-                    group[name].resize((offset + len(values),))
-                    group[name][offset:] = values
-                group["indptr"][start + 1 : stop + 1] = block.indptr[1:] + offset
+        spans = [(start, min(start + chunk, n_cells)) for start in range(0, n_cells, chunk)]
+        jobs = [(seed, index, types[a:b], shapes) for index, (a, b) in enumerate(spans)]
+        with multiprocessing.get_context("fork").Pool(max(1, min(8, (os.cpu_count() or 2) - 1))) as pool:
+            for (start, stop), blocks in zip(spans, pool.imap(_chunk, jobs), strict=True):
+                for key, block in blocks.items():
+                    group = groups[key]
+                    offset = group["indices"].shape[0]
+                    for name, values in (("indices", block.indices), ("data", block.data)):
+                        group[name].resize((offset + len(values),))
+                        group[name][offset:] = values
+                    group["indptr"][start + 1 : stop + 1] = block.indptr[1:].astype(np.int64) + offset
     return path
+
+
+def _chunk(job) -> dict[str, sparse.csr_matrix]:
+    seed, index, types, shapes = job
+    rng = np.random.default_rng([seed, index])
+    return {
+        key: structured_csr(rng, types, n_features, GENE_DENSITY if key == "rna" else PEAK_DENSITY, counts=key == "rna")
+        for key, n_features in shapes.items()
+    }

@@ -258,7 +258,11 @@ class DeviceMinibatchLoader:
         return max(1, int(np.ceil(n_cells / self.batch_size)))
 
     def __len__(self) -> int:
-        total = self._n_batches(len(self.indices))
+        if self.resident:
+            total = self._n_batches(len(self.indices))
+        else:
+            # minibatches never span two chunks: each chunk rounds up on its own
+            total = sum(self._n_batches(len(rows)) for _, _, rows in self._chunks(shuffle=False))
         return int(np.ceil(total / self.num_replicas))
 
     # ------------------------------------------------------------------------------------------------ blocks
@@ -306,14 +310,14 @@ class DeviceMinibatchLoader:
         for batch_rows in mine:
             yield self._emit(blocks, batch_rows, 0)
 
-    def _chunks(self) -> list[tuple[int, int, np.ndarray]]:
+    def _chunks(self, *, shuffle: bool = True) -> list[tuple[int, int, np.ndarray]]:
         chunks = []
         for start in range(0, self.n_rows, self.chunk_cells):
             stop = min(start + self.chunk_cells, self.n_rows)
             lo, hi = np.searchsorted(self.indices, [start, stop])
             if hi > lo:
                 chunks.append((start, stop, self.indices[lo:hi]))
-        if self.shuffle:
+        if shuffle and self.shuffle:
             order = self.rng.permutation(len(chunks))
             chunks = [chunks[i] for i in order]
         return chunks
