@@ -223,8 +223,8 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             Passes over the data (default: scvi-tools' heuristic from the number of cells).
         batch_size
             Cells per minibatch. Default: 256 up to 25k cells, doubling with the data above that (at most 2048),
-            see :func:`~pengster.model._speed.auto_batch_size`; with ``fast`` the learning rate grows with the
-            square root of the minibatch unless ``plan_kwargs`` sets ``lr``.
+            see :func:`~pengster.model._speed.auto_batch_size`; with ``fast`` and this automatic size the learning
+            rate grows with the square root of the minibatch unless ``plan_kwargs`` sets ``lr``.
         early_stopping
             Stop when the validation loss stops improving.
         plan_kwargs

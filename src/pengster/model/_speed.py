@@ -58,11 +58,12 @@ def speed_options(
 
     Nothing the caller set explicitly is overridden.
     """
+    plan_kwargs = dict(plan_kwargs)
     if batch_size is None:
         batch_size = auto_batch_size(n_cells) if fast else BASE_BATCH_SIZE
-    plan_kwargs = dict(plan_kwargs)
-    if fast:
-        plan_kwargs.setdefault("lr", scaled_lr(batch_size))
+        # the LR rule goes with the automatic minibatch; an explicit batch_size keeps scvi-tools' learning rate
+        if fast:
+            plan_kwargs.setdefault("lr", scaled_lr(batch_size))
     trainer_kwargs = dict(trainer_kwargs)
     if fast:
         splitter = dict(trainer_kwargs.pop("datasplitter_kwargs", None) or {})
