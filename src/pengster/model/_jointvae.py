@@ -17,7 +17,7 @@ from scvi.train import TrainingPlan, TrainRunner
 from pengster._constants import REGISTRY_KEYS
 from pengster.module import JointVAEModule
 
-from . import _query, _setup
+from . import _query, _setup, _speed
 from ._sampler import MosaicDataSplitter
 
 logger = logging.getLogger(__name__)
@@ -203,17 +203,43 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         self,
         max_epochs: int | None = None,
         *,
-        batch_size: int = 256,
+        batch_size: int | None = None,
         early_stopping: bool = True,
         plan_kwargs: dict | None = None,
+        fast: bool = True,
+        data_on_device: bool | None = None,
+        chunk_cells: int = 65_536,
         **kwargs,
     ):
         """Train with scvi-tools' training plan; every argument of :meth:`scvi.model.SCVI.train` is accepted.
 
         Defaults that differ from scvi-tools: early stopping on ``validation_loss`` (patience 20), KL warm-up over
-        a quarter of ``max_epochs`` (at most 50 epochs), minibatches of 256 cells holding every dataset, and for a
-        query model (:meth:`load_query_data`) no weight decay. ``accelerator``, ``devices`` and ``strategy`` go to
-        Lightning.
+        a quarter of ``max_epochs`` (at most 50 epochs), minibatches holding every dataset, and for a query model
+        (:meth:`load_query_data`) no weight decay. ``accelerator``, ``devices`` and ``strategy`` go to Lightning.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the data (default: scvi-tools' heuristic from the number of cells).
+        batch_size
+            Cells per minibatch. Default: 256 up to 25k cells, doubling with the data above that (at most 2048),
+            see :func:`~pengster.model._speed.auto_batch_size`; with ``fast`` and this automatic size the learning
+            rate grows with the square root of the minibatch unless ``plan_kwargs`` sets ``lr``.
+        early_stopping
+            Stop when the validation loss stops improving.
+        plan_kwargs
+            Passed to :class:`scvi.train.TrainingPlan`.
+        fast
+            Minibatches gathered on the training device from the CSR matrices (the whole matrix on the GPU when it
+            fits, else read in contiguous chunks in shuffled order, also from a backed h5mu), TF32 matrix
+            products and a compiled ATAC likelihood on GPUs (float32 throughout; bf16 is not used). False: scvi-tools' loader, float32, minibatches of 256.
+        data_on_device
+            Keep the whole count matrices on the device (True), read them in chunks (False), or decide from the
+            free GPU memory (None).
+        chunk_cells
+            Cells per chunk when the data is read in chunks.
+        **kwargs
+            Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` and Lightning's Trainer.
         """
         max_epochs = max_epochs or get_max_epochs_heuristic(self.adata.n_obs)
         plan_kwargs = {"n_epochs_kl_warmup": max(1, min(50, max_epochs // 4)), **(plan_kwargs or {})}
@@ -223,13 +249,25 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         if early_stopping:
             kwargs.setdefault("early_stopping_monitor", "validation_loss")
             kwargs.setdefault("early_stopping_patience", 20)
-        return super().train(
-            max_epochs=max_epochs,
+        binary = "atac" in self.modalities and self.module.decoders["atac"].likelihood == "bernoulli"
+        batch_size, plan_kwargs, kwargs = _speed.speed_options(
+            n_cells=self.adata.n_obs,
             batch_size=batch_size,
-            early_stopping=early_stopping,
+            fast=fast,
+            data_on_device=data_on_device,
+            chunk_cells=chunk_cells,
+            binary_keys=(REGISTRY_KEYS.counts("atac"),) if binary else (),
             plan_kwargs=plan_kwargs,
-            **kwargs,
+            trainer_kwargs=kwargs,
         )
+        with _speed.fast_context(fast, accelerator=kwargs.get("accelerator", "auto")):
+            return super().train(
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+                early_stopping=early_stopping,
+                plan_kwargs=plan_kwargs,
+                **kwargs,
+            )
 
     @classmethod
     def load_query_data(

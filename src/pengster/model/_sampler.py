@@ -58,9 +58,10 @@ class MosaicDataSplitter(DataSplitter):
     The validation split is stratified by dataset too, so that every dataset is scored in early stopping.
     """
 
-    def __init__(self, adata_manager: AnnDataManager, **kwargs):
+    def __init__(self, adata_manager: AnnDataManager, *, device_loader: dict | None = None, **kwargs):
         kwargs.pop("distributed_sampler", None)
         super().__init__(adata_manager, **kwargs)
+        self.device_loader = device_loader
 
     def _strata(self) -> np.ndarray:
         return np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.PANEL)).ravel()
@@ -83,6 +84,8 @@ class MosaicDataSplitter(DataSplitter):
 
     def train_dataloader(self):
         """Training loader with one share of every dataset in each minibatch."""
+        if self.device_loader is not None:
+            return self._device_minibatches(self.train_idx, shuffle=True)
         batch_size = self.data_loader_kwargs.get("batch_size") or settings.batch_size
         kwargs = {k: v for k, v in self.data_loader_kwargs.items() if k not in ("batch_size", "shuffle")}
         num_replicas, rank = 1, 0
@@ -102,3 +105,24 @@ class MosaicDataSplitter(DataSplitter):
         kwargs.setdefault("num_workers", settings.dl_num_workers)
         # batch_size=None: the sampler yields whole minibatches, fetched by one __getitem__ (fast on sparse rows)
         return DataLoader(dataset, sampler=sampler, batch_size=None, pin_memory=self.pin_memory, **kwargs)
+
+    def val_dataloader(self):
+        """Validation loader (scvi-tools', or the device loader in order)."""
+        if self.device_loader is not None and len(self.val_idx) > 0:
+            return self._device_minibatches(self.val_idx, shuffle=False)
+        return super().val_dataloader()
+
+    def _device_minibatches(self, indices: np.ndarray, *, shuffle: bool):
+        from ._device_loader import loader_from_manager
+
+        batch_size = self.data_loader_kwargs.get("batch_size") or settings.batch_size
+        return loader_from_manager(
+            self.adata_manager,
+            indices=indices,
+            strata=self._strata(),
+            batch_size=batch_size,
+            device=self.trainer.strategy.root_device if self.trainer is not None else "cpu",
+            shuffle=shuffle,
+            seed=settings.seed,
+            **self.device_loader,
+        )

@@ -21,6 +21,7 @@ from pengster.nn import (
     ProteinDecoder,
     RNADecoder,
     product_of_experts,
+    reconstruction_nll,
     symmetric_info_nce,
 )
 
@@ -332,10 +333,13 @@ class JointVAEModule(BaseModuleClass):
             joint_nll = qz.loc.new_zeros(n_cells)
             if cell.numel() > 0:
                 px, _ = generative_outputs["px"][modality]
-                target = tensors[REGISTRY_KEYS.counts(modality)][cell].float()
-                if modality == "atac" and self.decoders["atac"].likelihood == "bernoulli":
-                    target = (target > 0).float()
-                nll = -(px.log_prob(target) * self.feature_mask(modality, panel[cell])).sum(-1)
+                nll = reconstruction_nll(
+                    px,
+                    tensors[REGISTRY_KEYS.counts(modality)][cell],
+                    getattr(self, f"feature_mask_{modality}"),
+                    panel[cell],
+                    binarize=modality == "atac" and self.decoders["atac"].likelihood == "bernoulli",
+                )
                 total_nll = total_nll.index_add(0, posterior * n_cells + cell, nll)
                 is_joint = posterior == 0
                 joint_nll = joint_nll.index_add(0, cell[is_joint], nll[is_joint])

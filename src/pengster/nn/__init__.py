@@ -2,16 +2,20 @@
 
 from ._contrastive import LogitScale, ProjectionHead, symmetric_info_nce
 from ._decoders import ATACDecoder, CellFactorEncoder, ProteinDecoder, RNADecoder, masked_normalize
+from ._fused import FactorBernoulli, factor_bernoulli_nll, reconstruction_nll
 from ._fusion import product_of_experts
 
 __all__ = [
     "ATACDecoder",
     "CellFactorEncoder",
+    "FactorBernoulli",
     "LogitScale",
     "ProjectionHead",
     "ProteinDecoder",
     "RNADecoder",
+    "factor_bernoulli_nll",
     "masked_normalize",
     "product_of_experts",
+    "reconstruction_nll",
     "symmetric_info_nce",
 ]

@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from scvi.distributions import NegativeBinomial, NegativeBinomialMixture, ZeroInflatedNegativeBinomial
 from scvi.nn import DecoderSCVI, FCLayers
 from torch import nn
-from torch.distributions import Bernoulli, Distribution, Poisson
+from torch.distributions import Distribution, Poisson
+
+from ._fused import FactorBernoulli
 
 
 def masked_normalize(values: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
@@ -93,11 +95,12 @@ class ATACDecoder(nn.Module):
         feature_mask: torch.Tensor,
         *categoricals: torch.Tensor,
     ) -> tuple[Distribution, torch.Tensor]:
-        """Return ``(px, probabilities)``."""
+        """Return ``(px, probabilities)``; when training, ``probabilities`` is None for ``bernoulli`` (not needed)."""
+        if self.likelihood == "bernoulli":
+            px = FactorBernoulli(self.output(self.layers(z, *categoricals)), self.region_logit, cell_factor)
+            return px, None if (self.training and torch.is_grad_enabled()) else px.probs
         probs = self.probabilities(z, cell_factor, *categoricals).clamp(1e-6, 1 - 1e-6)
-        if self.likelihood == "poisson":
-            return Poisson(masked_normalize(probs, feature_mask) * library + 1e-8), probs
-        return Bernoulli(probs=probs, validate_args=False), probs
+        return Poisson(masked_normalize(probs, feature_mask) * library + 1e-8), probs
 
 
 class CellFactorEncoder(nn.Module):

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+from scipy import sparse
+from torch.distributions import Bernoulli
+
+from pengster.model._device_loader import DeviceMinibatchLoader, _rank_share
+from pengster.model._speed import auto_batch_size, scaled_lr
+from pengster.nn import FactorBernoulli, factor_bernoulli_nll
+
+
+def _counts(n_cells=300, n_features=50, density=0.1, seed=0):
+    rng = np.random.default_rng(seed)
+    matrix = sparse.random(n_cells, n_features, density=density, format="csr", random_state=seed, dtype=np.float32)
+    matrix.data = rng.integers(1, 6, size=matrix.nnz).astype(np.float32)
+    return matrix
+
+
+def _epoch_rows(loader) -> np.ndarray:
+    return np.concatenate([batch["row"].numpy().ravel() for batch in loader]).astype(int)
+
+
+def test_device_loader_rows_equal_the_matrix_in_memory_and_backed(tmp_path):
+    matrix = _counts()
+    dense = matrix.toarray()
+    ad.AnnData(X=matrix).write_h5ad(tmp_path / "x.h5ad")
+    backed = ad.read_h5ad(tmp_path / "x.h5ad", backed="r")
+    obs = {"row": np.arange(matrix.shape[0])}
+    train = np.sort(np.random.default_rng(1).choice(matrix.shape[0], 200, replace=False))
+    for source, resident in ((matrix, True), (backed.X, False)):
+        loader = DeviceMinibatchLoader(
+            {"x": source}, obs, indices=train, strata=np.zeros(300), batch_size=32, device="cpu",
+            resident=resident, chunk_cells=64, seed=3,
+        )  # fmt: skip
+        rows, seen = [], []
+        for batch in loader:
+            batch_rows = batch["row"].numpy().ravel().astype(int)
+            np.testing.assert_array_equal(batch["x"].numpy(), dense[batch_rows])
+            rows.append(batch_rows)
+            seen.append(len(batch_rows))
+        rows = np.concatenate(rows)
+        # every training cell exactly once per epoch, no validation cell
+        assert sorted(rows) == sorted(train)
+        assert len(seen) == len(loader)
+    backed.file.close()
+
+
+def test_chunked_epochs_shuffle_chunk_order():
+    matrix = _counts(n_cells=400)
+    loader = DeviceMinibatchLoader(
+        {"x": matrix}, {"row": np.arange(400)}, indices=np.arange(400), strata=np.zeros(400), batch_size=50,
+        device="cpu", resident=False, chunk_cells=100, seed=0,
+    )  # fmt: skip
+    first, second = _epoch_rows(loader), _epoch_rows(loader)
+    assert sorted(first) == sorted(second) == list(range(400))
+    assert not np.array_equal(first, second)
+    # minibatches stay inside one contiguous chunk
+    for batch in loader:
+        chunk = batch["row"].numpy().ravel() // 100
+        assert len(np.unique(chunk)) == 1
+
+
+def test_binary_source_drops_explicit_zeros():
+    matrix = _counts()
+    matrix.data[::3] = 0  # explicit zeros stay stored in the CSR arrays
+    loader = DeviceMinibatchLoader(
+        {"x": matrix}, {"row": np.arange(300)}, indices=np.arange(300), strata=np.zeros(300), batch_size=300,
+        device="cpu", shuffle=False, binary_keys=("x",),
+    )  # fmt: skip
+    batch = next(iter(loader))
+    np.testing.assert_array_equal(batch["x"].numpy(), (matrix.toarray() > 0).astype(np.float32))
+
+
+def test_ranks_take_equal_disjoint_shares():
+    batches = [np.array([i]) for i in range(7)]
+    shares = [_rank_share(batches, 2, rank, 4) for rank in (0, 1)]
+    assert [len(s) for s in shares] == [4, 4]  # equal steps, or DDP hangs
+    taken = {int(b[0]) for share in shares for b in share}
+    assert taken == set(range(7))
+    assert {int(b[0]) for b in shares[0][:4]} == {0, 2, 4, 6}
+
+
+def test_mosaic_strata_in_every_device_minibatch():
+    matrix = _counts(n_cells=300)
+    strata = np.array([0] * 280 + [1] * 20)
+    loader = DeviceMinibatchLoader(
+        {"x": matrix}, {"row": np.arange(300)}, indices=np.arange(300), strata=strata, batch_size=64, device="cpu",
+    )  # fmt: skip
+    for batch in loader:
+        assert set(strata[batch["row"].numpy().ravel().astype(int)]) == {0, 1}
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_factor_bernoulli_nll_matches_torch_bernoulli(with_mask):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 30, generator=generator, requires_grad=True)
+    region = torch.randn(30, generator=generator)
+    cell = torch.rand(40, 1, generator=generator)
+    counts = (torch.rand(40, 30, generator=generator) < 0.2).float() * 3
+    mask = (torch.rand(40, 30, generator=generator) < 0.8).float() if with_mask else None
+    probs = (torch.sigmoid(logits) * torch.sigmoid(region) * cell).clamp(1e-6, 1 - 1e-6)
+    expected = -(Bernoulli(probs=probs).log_prob((counts > 0).float()) * (1.0 if mask is None else mask)).sum(-1)
+    got = factor_bernoulli_nll(logits, region, cell, counts, mask)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    (grad_expected,) = torch.autograd.grad(expected.sum(), logits)
+    (grad_got,) = torch.autograd.grad(got.sum(), logits)
+    torch.testing.assert_close(grad_got, grad_expected, rtol=1e-4, atol=1e-5)
+    px = FactorBernoulli(logits, region, cell)
+    torch.testing.assert_close(px.probs, probs)
+
+
+def test_auto_batch_size_and_lr_rule():
+    assert auto_batch_size(1_000) == 256 and auto_batch_size(25_000) == 256
+    assert auto_batch_size(100_000) == 1024 and auto_batch_size(1_000_000) == 2048
+    assert scaled_lr(256) == pytest.approx(1e-3) and scaled_lr(1024) == pytest.approx(2e-3)
+    assert scaled_lr(64) == pytest.approx(1e-3)
