@@ -232,7 +232,8 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         fast
             Minibatches gathered on the training device from the CSR matrices (the whole matrix on the GPU when it
             fits, else read in contiguous chunks in shuffled order, also from a backed h5mu), TF32 matrix
-            products and a compiled ATAC likelihood on GPUs (float32 throughout; bf16 is not used). False: scvi-tools' loader, float32, minibatches of 256.
+            products and a compiled ATAC likelihood on GPUs (float32 throughout; bf16 is not used).
+            False: scvi-tools' loader and minibatches of 256.
         data_on_device
             Keep the whole count matrices on the device (True), read them in chunks (False), or decide from the
             free GPU memory (None).
