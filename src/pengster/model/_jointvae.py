@@ -17,7 +17,7 @@ from scvi.train import TrainingPlan, TrainRunner
 from pengster._constants import REGISTRY_KEYS
 from pengster.module import JointVAEModule
 
-from . import _setup
+from . import _callbacks, _checks, _save, _setup
 from ._sampler import MosaicDataSplitter
 
 logger = logging.getLogger(__name__)
@@ -193,6 +193,9 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
                 reference_var_names=reference,
             )
             self._store.put(adata, prepared)
+        args = self.adata_manager._registry["setup_args"]
+        resolved = {**args, "dataset_key": _setup.resolve_dataset_key(adata, args["dataset_key"])}
+        _checks.check_registered_categories(prepared.aligned.obs, self.adata_manager, resolved)
         return super()._validate_anndata(prepared.aligned, copy_if_view=False)
 
     def _aligned(self, mdata: MuData | None) -> MuData:
@@ -206,6 +209,7 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         batch_size: int = 256,
         early_stopping: bool = True,
         plan_kwargs: dict | None = None,
+        checkpoint_dir: str | None = None,
         **kwargs,
     ):
         """Train with scvi-tools' training plan; every argument of :meth:`scvi.model.SCVI.train` is accepted.
@@ -213,23 +217,50 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         Defaults that differ from scvi-tools: early stopping on ``validation_loss`` (patience 20), KL warm-up over
         a quarter of ``max_epochs`` (at most 50 epochs), minibatches of 256 cells holding every dataset.
         ``accelerator``, ``devices`` and ``strategy`` go to Lightning.
+
+        Each epoch is seeded from ``(scvi.settings.seed, epoch)``; a NaN or infinite loss stops training with a
+        :class:`FloatingPointError` naming the modality and the minibatch. With ``checkpoint_dir``, every epoch
+        writes ``<checkpoint_dir>/last.ckpt`` and ``<checkpoint_dir>/last_model/`` (loadable with :meth:`load`);
+        an interrupted run resumes, to the same result on CPU, with
+        ``model.train(..., checkpoint_dir=d, ckpt_path=f"{d}/last.ckpt")`` on a model built with the same arguments.
         """
         max_epochs = max_epochs or get_max_epochs_heuristic(self.adata.n_obs)
         plan_kwargs = {"n_epochs_kl_warmup": max(1, min(50, max_epochs // 4)), **(plan_kwargs or {})}
         if early_stopping:
             kwargs.setdefault("early_stopping_monitor", "validation_loss")
             kwargs.setdefault("early_stopping_patience", 20)
-        return super().train(
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            early_stopping=early_stopping,
-            plan_kwargs=plan_kwargs,
-            **kwargs,
+        kwargs["callbacks"] = _callbacks.training_callbacks(self, checkpoint_dir, kwargs.get("callbacks"))
+        with _callbacks.interrupt_guard(checkpoint_dir):
+            return super().train(
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+                early_stopping=early_stopping,
+                plan_kwargs=plan_kwargs,
+                **kwargs,
+            )
+
+    def save(self, dir_path: str, *, overwrite: bool = False, save_anndata: bool = False, **kwargs) -> None:
+        """Save atomically, with a manifest of versions, registry and checksum. See :meth:`scvi.model.SCVI.save`.
+
+        The files are written to a temporary folder next to ``dir_path`` and renamed into place when complete.
+        """
+        _save.save_atomically(
+            self,
+            dir_path,
+            overwrite=overwrite,
+            write=lambda folder: super(JointVAE, self).save(
+                folder, overwrite=True, save_anndata=save_anndata, **kwargs
+            ),
         )
 
     @classmethod
     def load(cls, dir_path: str, mdata: MuData | None = None, **kwargs) -> JointVAE:
-        """Load a saved model; ``mdata`` is set up with the saved arguments. See :meth:`scvi.model.SCVI.load`."""
+        """Load a saved model; ``mdata`` is set up with the saved arguments. See :meth:`scvi.model.SCVI.load`.
+
+        Raises when the folder is incomplete or damaged, was saved by an incompatible pengster, or when ``mdata``'s
+        features differ from the model's.
+        """
+        _save.check_saved(dir_path, model_class=cls.__name__, mdata=mdata)
         return super().load(dir_path, adata=mdata, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ getters

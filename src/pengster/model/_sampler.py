@@ -34,9 +34,14 @@ class MosaicBatchSampler(Sampler):
     def __init__(self, strata: np.ndarray, batch_size: int, *, seed: int = 0, num_replicas: int = 1, rank: int = 0):
         self.groups = [np.flatnonzero(strata == code) for code in np.unique(strata)]
         self.n_batches = max(1, int(np.ceil(len(strata) / batch_size)))
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.num_replicas = num_replicas
         self.rank = rank
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's shuffle from ``(seed, epoch)`` alone (Lightning calls it): a resumed run repeats it."""
+        self.rng = np.random.default_rng([self.seed, epoch])
 
     def __len__(self) -> int:
         return len(range(self.rank, self.n_batches, self.num_replicas))
