@@ -239,7 +239,7 @@ def training_callbacks(model, checkpoint_dir: str | os.PathLike | None, callback
     from scvi import settings
 
     batches = model.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH).categorical_mapping
-    added = [StepSeed(settings.seed if settings.seed is not None else 0), FiniteLossCheck(list(batches))]
+    added = [StepSeed(settings.seed if settings.seed is not None else torch.initial_seed() % 2**63), FiniteLossCheck(list(batches))]
     if checkpoint_dir is not None:
         added.append(ResumableCheckpoint(checkpoint_dir))
     return [*(callbacks or []), *added]

@@ -34,8 +34,9 @@ class MosaicBatchSampler(Sampler):
     def __init__(self, strata: np.ndarray, batch_size: int, *, seed: int = 0, num_replicas: int = 1, rank: int = 0):
         self.groups = [np.flatnonzero(strata == code) for code in np.unique(strata)]
         self.n_batches = max(1, int(np.ceil(len(strata) / batch_size)))
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        # without a seed (scvi.settings.seed = None), draw one, so that set_epoch still has a base to derive from
+        self.seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+        self.rng = np.random.default_rng(self.seed)
         self.num_replicas = num_replicas
         self.rank = rank
 

@@ -92,7 +92,8 @@ def prepare(
         totals = _checks.check_counts(
             matrix, mod_key=mod_key, layer=layers[modality], modality=modality, layers=list(adata.layers)
         )
-        _checks.warn_empty(totals, mod_key=mod_key, adata=adata, layer=layers[modality])
+        if reference_var_names is None:  # setting up training data, not new data for a trained model
+            _checks.warn_empty(totals, mod_key=mod_key, adata=adata, layer=layers[modality])
     _checks.check_every_cell_measured(mdata, present)
     obs = pd.DataFrame(index=mdata.obs_names.copy())
     if batch_key is not None:
@@ -119,7 +120,7 @@ def prepare(
         if len(rows):
             background = _align.protein_background(aligned.mod[modalities["protein"]].X, rows)
     masks = _align.feature_masks(mdata, present, panels)
-    if "protein" in present:
+    if "protein" in present and reference_var_names is None:
         rows = np.flatnonzero(obs[_align.has_column("protein")].to_numpy() > 0)
         masks["protein"] = _checks.protein_panel_masks(
             aligned.mod[present["protein"]].X[rows],
