@@ -90,20 +90,32 @@ class FiniteLossCheck(Callback):
     def __init__(self, batch_categories: Sequence[str]):
         self.batch_categories = [str(category) for category in batch_categories]
         self._batch: Mapping[str, torch.Tensor] | None = None
+        self._where = ""
+        self._module = None
+
+    def _remember(self, trainer, pl_module, batch, batch_idx, stage: str) -> None:
+        self._batch, self._module = batch, pl_module.module
+        self._where = f"epoch {trainer.current_epoch}, step {trainer.global_step} ({stage} minibatch {batch_idx})"
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         """Remember the minibatch, to diagnose it if its loss is not finite."""
-        self._batch = batch
+        self._remember(trainer, pl_module, batch, batch_idx, "training")
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx: int = 0) -> None:
+        """Remember the minibatch, to diagnose it if its loss is not finite."""
+        self._remember(trainer, pl_module, batch, batch_idx, "validation")
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
         """Raise before a non-finite loss reaches the weights."""
-        if torch.isfinite(loss).all():
-            return
-        where = f"epoch {trainer.current_epoch}, step {trainer.global_step} (minibatch {trainer.fit_loop.batch_idx})"
-        parts = diagnose(pl_module.module, self._batch) if self._batch is not None else []
-        raise FloatingPointError(
-            f"JointVAE training stopped: the loss is {loss.item()} at {where}; {self._cells_phrase()}. "
-            f"Non-finite: {'; '.join(parts) or 'the total only (each term was finite when recomputed)'}. "
+        if not torch.isfinite(loss).all():
+            raise self.error(f"the loss is {loss.item()}")
+
+    def error(self, what: str) -> FloatingPointError:
+        """The error for the remembered minibatch: where, which cells, and which terms are not finite."""
+        parts = diagnose(self._module, self._batch) if self._batch is not None else []
+        return FloatingPointError(
+            f"JointVAE training stopped: {what} at {self._where}; {self._cells_phrase()}. "
+            f"Non-finite, from where it starts: {'; '.join(parts) or 'the total only (terms were finite recomputed)'}. "
             "Check those cells' counts, or lower the learning rate (plan_kwargs={'lr': 1e-4}). The weights are those "
             "before this minibatch; the model is not marked trained."
         )
@@ -155,6 +167,9 @@ def diagnose(module, tensors: Mapping[str, torch.Tensor]) -> list[str]:
     if bad_parameters:
         parts.append(f"parameters of {_modules_phrase(bad_parameters)} (e.g. {bad_parameters[:2]})")
     was_training = module.training
+    validate = torch.distributions.Distribution._validate_args
+    # let NaN flow through the distributions, to see where it starts instead of where it is first rejected
+    torch.distributions.Distribution.set_default_validate_args(False)
     module.eval()
     try:
         inference, generative = module.forward(tensors, compute_loss=False)
@@ -185,6 +200,7 @@ def diagnose(module, tensors: Mapping[str, torch.Tensor]) -> list[str]:
         parts.append(f"(the diagnosis itself failed: {type(error).__name__}: {error})")
     finally:
         module.train(was_training)
+        torch.distributions.Distribution.set_default_validate_args(validate)
     return parts
 
 
@@ -239,21 +255,27 @@ def training_callbacks(model, checkpoint_dir: str | os.PathLike | None, callback
     from scvi import settings
 
     batches = model.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH).categorical_mapping
-    added = [StepSeed(settings.seed if settings.seed is not None else torch.initial_seed() % 2**63), FiniteLossCheck(list(batches))]
+    added = [
+        StepSeed(settings.seed if settings.seed is not None else torch.initial_seed() % 2**63),
+        FiniteLossCheck(list(batches)),
+    ]
     if checkpoint_dir is not None:
         added.append(ResumableCheckpoint(checkpoint_dir))
     return [*(callbacks or []), *added]
 
 
 @contextlib.contextmanager
-def interrupt_guard(checkpoint_dir: str | os.PathLike | None) -> Iterator[None]:
-    """Turn Lightning's exit on Ctrl-C back into a KeyboardInterrupt, and restore the Ctrl-C handler.
+def training_guard(checkpoint_dir: str | os.PathLike | None, callbacks: Sequence) -> Iterator[None]:
+    """Turn what escapes from Lightning into errors that say what happened.
 
-    Lightning answers a KeyboardInterrupt with ``sys.exit(1)`` and leaves SIGINT ignored, which in a notebook
-    means a dead Ctrl-C. The model keeps the weights it had when interrupted.
+    - Lightning answers Ctrl-C with ``sys.exit(1)`` and leaves SIGINT ignored (a dead Ctrl-C in a notebook): raise
+      KeyboardInterrupt instead, and restore the handler. The model keeps the weights it had when interrupted.
+    - torch.distributions rejects NaN parameters with a ValueError before any loss exists: raise the
+      :class:`FiniteLossCheck` error naming the modality and the minibatch instead.
     """
     on_main_thread = threading.current_thread() is threading.main_thread()
     handler = signal.getsignal(signal.SIGINT) if on_main_thread else None
+    check = next((c for c in callbacks if isinstance(c, FiniteLossCheck)), None)
     try:
         yield
     except SystemExit as error:
@@ -266,6 +288,10 @@ def interrupt_guard(checkpoint_dir: str | os.PathLike | None) -> Iterator[None]:
             else "pass checkpoint_dir=... to model.train to be able to resume"
         )
         raise KeyboardInterrupt(f"JointVAE training interrupted; the model is not marked trained; {where}.") from None
+    except ValueError as error:
+        if check is None or check._batch is None or "found invalid values" not in str(error):
+            raise
+        raise check.error("a distribution got NaN or infinite parameters") from error
     finally:
         if on_main_thread and handler is not None:
             signal.signal(signal.SIGINT, handler)

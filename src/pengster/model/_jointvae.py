@@ -230,7 +230,7 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             kwargs.setdefault("early_stopping_monitor", "validation_loss")
             kwargs.setdefault("early_stopping_patience", 20)
         kwargs["callbacks"] = _callbacks.training_callbacks(self, checkpoint_dir, kwargs.get("callbacks"))
-        with _callbacks.interrupt_guard(checkpoint_dir):
+        with _callbacks.training_guard(checkpoint_dir, kwargs["callbacks"]):
             return super().train(
                 max_epochs=max_epochs,
                 batch_size=batch_size,
