@@ -22,6 +22,11 @@ def masked_normalize(values: torch.Tensor, feature_mask: torch.Tensor) -> torch.
     return masked / masked.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
+# Layer norm, not batch norm: a mosaic minibatch may hold a single cell of a modality (e.g. a few multiome cells
+# spread over the minibatches of a large CITE-seq run), and batch norm cannot train on one row.
+_NORM = {"use_batch_norm": False, "use_layer_norm": True}
+
+
 class RNADecoder(nn.Module):
     """Negative binomial (or ZINB) decoder with the observed library size, as in scVI :cite:p:`lopez2018scvi`.
 
@@ -76,7 +81,7 @@ class ATACDecoder(nn.Module):
     ):
         super().__init__()
         self.likelihood = likelihood
-        self.layers = FCLayers(n_latent, n_hidden, n_cat_list=n_cat_list, n_layers=n_layers, n_hidden=n_hidden)
+        self.layers = FCLayers(n_latent, n_hidden, n_cat_list=n_cat_list, n_layers=n_layers, n_hidden=n_hidden, **_NORM)
         self.output = nn.Linear(n_hidden, n_peaks)
         self.region_logit = nn.Parameter(torch.zeros(n_peaks))
 
@@ -105,7 +110,7 @@ class CellFactorEncoder(nn.Module):
 
     def __init__(self, n_peaks: int, n_cat_list: list[int], *, n_hidden: int = 64):
         super().__init__()
-        self.layers = FCLayers(n_peaks, n_hidden, n_cat_list=n_cat_list, n_layers=1, n_hidden=n_hidden)
+        self.layers = FCLayers(n_peaks, n_hidden, n_cat_list=n_cat_list, n_layers=1, n_hidden=n_hidden, **_NORM)
         self.output = nn.Linear(n_hidden, 1)
 
     def forward(self, x: torch.Tensor, *categoricals: torch.Tensor) -> torch.Tensor:
@@ -132,7 +137,7 @@ class ProteinDecoder(nn.Module):
         background_init: torch.Tensor | None = None,
     ):
         super().__init__()
-        self.layers = FCLayers(n_latent, n_hidden, n_cat_list=n_cat_list, n_layers=n_layers, n_hidden=n_hidden)
+        self.layers = FCLayers(n_latent, n_hidden, n_cat_list=n_cat_list, n_layers=n_layers, n_hidden=n_hidden, **_NORM)
         self.foreground = nn.Linear(n_hidden, n_proteins)
         self.mixing = nn.Linear(n_hidden, n_proteins)
         init = torch.zeros(n_proteins) if background_init is None else background_init.float()
