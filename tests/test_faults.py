@@ -266,3 +266,22 @@ def test_real_data_with_extreme_depths_and_protein_background_stays_finite(data_
         mean, std = model.predict(target=target, n_samples=3)
         assert np.isfinite(mean.to_numpy()).all() and np.isfinite(std.to_numpy()).all()
         assert np.isfinite(model.get_normalized_expression(modality=target).to_numpy()).all()
+
+
+# --------------------------------------------------------------------------------------------- no data loss
+def test_results_read_back_from_h5mu_are_identical_and_still_recognised(uninterrupted, tmp_path):
+    mdata, model = uninterrupted
+    target = synthetic_mosaic(n_cells={"multiome": 60, "cite": 60}, n_genes=30, n_peaks=40, n_proteins=8, seed=0)
+    target.obsm["user_embedding"] = np.arange(target.n_obs * 2, dtype=np.float64).reshape(-1, 2)
+    written = pengster.tl.write_results(model, target, n_samples=2)
+    target.write(tmp_path / "results.h5mu")
+    loaded = md.read_h5mu(tmp_path / "results.h5mu")
+    for key in [*written["obsm"], "user_embedding"]:
+        np.testing.assert_array_equal(np.asarray(loaded.obsm[key]), np.asarray(target.obsm[key]), err_msg=key)
+    # a second write into the file's MuData recognises its own keys (no overwrite=True needed) and keeps the user's
+    pengster.tl.write_results(model, loaded, n_samples=2)
+    np.testing.assert_array_equal(loaded.obsm["user_embedding"], target.obsm["user_embedding"])
+    with pytest.raises(ValueError, match=r"obsm\['X_pengster'\].*not written by pengster"):
+        fresh = synthetic_mosaic(n_cells={"multiome": 60, "cite": 60}, n_genes=30, n_peaks=40, n_proteins=8, seed=0)
+        fresh.obsm["X_pengster"] = np.zeros((fresh.n_obs, 3))
+        pengster.tl.write_results(model, fresh, n_samples=2)

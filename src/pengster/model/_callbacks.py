@@ -31,9 +31,9 @@ LAST_MODEL = "last_model"
 """A JointVAE folder (:meth:`~pengster.model.JointVAE.save` format) of the same epoch, for ``JointVAE.load``."""
 
 
-def step_seed(base_seed: int, epoch: int, batch_index: int) -> int:
-    """The torch seed of one training step: a function of the run's seed, the epoch and the minibatch only."""
-    state = np.random.SeedSequence([base_seed, epoch, batch_index]).generate_state(2, dtype=np.uint32)
+def step_seed(base_seed: int, epoch: int, batch_index: int, rank: int = 0) -> int:
+    """The torch seed of one training step: a function of the run's seed, the epoch, the minibatch and the rank."""
+    state = np.random.SeedSequence([base_seed, epoch, batch_index, rank]).generate_state(2, dtype=np.uint32)
     return int(state[0]) << 31 | int(state[1]) >> 1
 
 
@@ -55,7 +55,7 @@ class StepSeed(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         """Seed torch (all devices) for this step."""
-        torch.manual_seed(step_seed(self.seed, trainer.current_epoch, batch_idx))
+        torch.manual_seed(step_seed(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))
 
     def state_dict(self) -> dict:
         """The seed, saved with a checkpoint."""
