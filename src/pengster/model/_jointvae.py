@@ -218,10 +218,10 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         a quarter of ``max_epochs`` (at most 50 epochs), minibatches of 256 cells holding every dataset.
         ``accelerator``, ``devices`` and ``strategy`` go to Lightning.
 
-        Each epoch is seeded from ``(scvi.settings.seed, epoch)``; a NaN or infinite loss stops training with a
-        :class:`FloatingPointError` naming the modality and the minibatch. With ``checkpoint_dir``, every epoch
-        writes ``<checkpoint_dir>/last.ckpt`` and ``<checkpoint_dir>/last_model/`` (loadable with :meth:`load`);
-        an interrupted run resumes, to the same result on CPU, with
+        Each training step is seeded from ``(scvi.settings.seed, epoch, minibatch)``; a NaN or infinite loss stops
+        training with a :class:`FloatingPointError` naming the modality and the minibatch. With ``checkpoint_dir``,
+        every epoch writes ``<checkpoint_dir>/last.ckpt`` and ``<checkpoint_dir>/last_model/`` (loadable with
+        :meth:`load`); an interrupted run resumes, to the same result on CPU, with
         ``model.train(..., checkpoint_dir=d, ckpt_path=f"{d}/last.ckpt")`` on a model built with the same arguments.
         """
         max_epochs = max_epochs or get_max_epochs_heuristic(self.adata.n_obs)
