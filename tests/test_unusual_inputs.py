@@ -156,3 +156,12 @@ def test_protein_panel_missing_in_one_dataset_is_masked():
         rows = cells_b if not should_change else ~cells_b
         assert np.allclose(latent_changed[rows], latent[rows]) != should_change
     assert_same(mdata, snap)
+
+
+def test_a_modality_with_one_cell_per_minibatch_trains():
+    """Three multiome cells spread over the minibatches of a CITE-seq run: batch norm sees one ATAC cell at a time."""
+    mdata = synthetic_mosaic(n_cells={"multiome": 3, "cite": 80}, n_genes=20, n_peaks=30, n_proteins=6, seed=6)
+    snap = snapshot(mdata)
+    model = _fit(mdata)
+    _assert_finite_outputs(model, mdata)
+    assert_same(mdata, snap)

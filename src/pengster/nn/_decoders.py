@@ -22,9 +22,19 @@ def masked_normalize(values: torch.Tensor, feature_mask: torch.Tensor) -> torch.
     return masked / masked.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
-# Layer norm, not batch norm: a mosaic minibatch may hold a single cell of a modality (e.g. a few multiome cells
-# spread over the minibatches of a large CITE-seq run), and batch norm cannot train on one row.
-_NORM = {"use_batch_norm": False, "use_layer_norm": True}
+def _hidden(layers: nn.Module, x: torch.Tensor, *categoricals: torch.Tensor) -> torch.Tensor:
+    """``layers(x, *categoricals)``; a single row in training uses the running batch-norm statistics.
+
+    A mosaic minibatch may hold one cell of a modality (a few multiome cells spread over the minibatches of a large
+    CITE-seq run), and batch norm cannot normalise one row with its own statistics.
+    """
+    if not (layers.training and x.shape[0] == 1):
+        return layers(x, *categoricals)
+    layers.eval()
+    try:
+        return layers(x, *categoricals)
+    finally:
+        layers.train()
 
 
 class RNADecoder(nn.Module):
@@ -81,13 +91,13 @@ class ATACDecoder(nn.Module):
     ):
         super().__init__()
         self.likelihood = likelihood
-        self.layers = FCLayers(n_latent, n_hidden, n_cat_list=n_cat_list, n_layers=n_layers, n_hidden=n_hidden, **_NORM)
+        self.layers = FCLayers(n_latent, n_hidden, n_cat_list=n_cat_list, n_layers=n_layers, n_hidden=n_hidden)
         self.output = nn.Linear(n_hidden, n_peaks)
         self.region_logit = nn.Parameter(torch.zeros(n_peaks))
 
     def probabilities(self, z: torch.Tensor, cell_factor: torch.Tensor, *categoricals: torch.Tensor) -> torch.Tensor:
         """Accessibility probabilities of shape ``z.shape[:-1] + (n_peaks,)``."""
-        logits = self.output(self.layers(z, *categoricals))
+        logits = self.output(_hidden(self.layers, z, *categoricals))
         return torch.sigmoid(logits) * torch.sigmoid(self.region_logit) * cell_factor
 
     def forward(
@@ -110,12 +120,12 @@ class CellFactorEncoder(nn.Module):
 
     def __init__(self, n_peaks: int, n_cat_list: list[int], *, n_hidden: int = 64):
         super().__init__()
-        self.layers = FCLayers(n_peaks, n_hidden, n_cat_list=n_cat_list, n_layers=1, n_hidden=n_hidden, **_NORM)
+        self.layers = FCLayers(n_peaks, n_hidden, n_cat_list=n_cat_list, n_layers=1, n_hidden=n_hidden)
         self.output = nn.Linear(n_hidden, 1)
 
     def forward(self, x: torch.Tensor, *categoricals: torch.Tensor) -> torch.Tensor:
         """Return the factor of shape ``(n_cells, 1)``."""
-        return torch.sigmoid(self.output(self.layers(x, *categoricals)))
+        return torch.sigmoid(self.output(_hidden(self.layers, x, *categoricals)))
 
 
 class ProteinDecoder(nn.Module):
@@ -137,7 +147,7 @@ class ProteinDecoder(nn.Module):
         background_init: torch.Tensor | None = None,
     ):
         super().__init__()
-        self.layers = FCLayers(n_latent, n_hidden, n_cat_list=n_cat_list, n_layers=n_layers, n_hidden=n_hidden, **_NORM)
+        self.layers = FCLayers(n_latent, n_hidden, n_cat_list=n_cat_list, n_layers=n_layers, n_hidden=n_hidden)
         self.foreground = nn.Linear(n_hidden, n_proteins)
         self.mixing = nn.Linear(n_hidden, n_proteins)
         init = torch.zeros(n_proteins) if background_init is None else background_init.float()
@@ -148,7 +158,7 @@ class ProteinDecoder(nn.Module):
         self, z: torch.Tensor, batch_index: torch.Tensor, *categoricals: torch.Tensor
     ) -> tuple[Distribution, dict[str, torch.Tensor]]:
         """Return ``(px, parts)`` with parts ``background``, ``foreground`` and ``mixing`` (background probability)."""
-        hidden = self.layers(z, *categoricals)
+        hidden = _hidden(self.layers, z, *categoricals)
         background = self.log_background[:, batch_index.view(-1).long()].T.exp()
         background = background.expand(z.shape[:-1] + background.shape[-1:])
         foreground = background * (1.0 + F.softplus(self.foreground(hidden)) + 1e-4)
