@@ -36,6 +36,10 @@ def covariate_column(key: str) -> str:
 def _aligned_matrix(matrix, positions: np.ndarray, n_obs: int):
     if len(positions) == n_obs and np.array_equal(positions, np.arange(n_obs)):
         return matrix
+    if hasattr(matrix, "to_memory"):  # a backed sparse dataset: only the aligned in-memory copy can be re-indexed
+        matrix = matrix.to_memory()
+    elif not sparse.issparse(matrix) and not isinstance(matrix, np.ndarray):  # a backed dense h5py dataset
+        matrix = matrix[()]
     matrix = sparse.csr_matrix(matrix, dtype=np.float32)
     placement = sparse.csr_matrix(
         (np.ones(len(positions), dtype=np.float32), (positions, np.arange(len(positions)))),

@@ -6,6 +6,7 @@ Every error names the object, the key and the fix. Nothing here writes to the us
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -112,31 +113,109 @@ def _where(mod_key: str, layer: str | None) -> str:
     return f"mdata.mod[{mod_key!r}]." + ("X" if layer is None else f"layers[{layer!r}]")
 
 
-def check_counts(matrix, *, mod_key: str, layer: str | None, modality: str) -> None:
-    """Raise unless ``matrix`` holds finite, non-negative integers (checked in chunks of rows)."""
+# a count above int32's range is an overflow or a bad cast, not a molecule count of one cell and one feature
+MAX_COUNT = 2**31 - 1
+
+_NORMALIZED_HINTS = {
+    "rna": "it looks log-normalized",
+    "atac": "it looks TF-IDF (or otherwise) normalized; pengster wants raw peak counts or binary accessibility",
+    "protein": "it looks CLR-normalized",
+}
+
+
+def is_backed(matrix) -> bool:
+    """Whether ``matrix`` lives on disk (a backed AnnData's h5py dataset or sparse dataset)."""
+    from anndata.abc import CSCDataset, CSRDataset
+
+    return isinstance(matrix, CSRDataset | CSCDataset) or type(matrix).__module__.startswith("h5py")
+
+
+def check_counts(
+    matrix, *, mod_key: str, layer: str | None, modality: str, layers: Sequence[str] = ()
+) -> dict[str, np.ndarray]:
+    """Raise unless ``matrix`` holds finite, non-negative integers (checked in chunks of rows).
+
+    Parameters
+    ----------
+    matrix
+        The registered matrix, shape ``(n_cells, n_features)``: numpy, scipy sparse or backed.
+    mod_key, layer, modality
+        Where it lives, for the messages.
+    layers
+        The layers of that modality, suggested in the fix.
+
+    Returns
+    -------
+    ``{'cell_totals': (n_cells,), 'feature_totals': (n_features,)}`` of the counts, as float64.
+    """
     where = _where(mod_key, layer)
-    fix = f"pass the raw counts layer, e.g. layers={{{modality!r}: 'counts'}}"
+    example = repr(next((name for name in layers if name != layer), "counts"))
+    fix = f"pass the raw counts layer, e.g. layers={{{modality!r}: {example}}}"
+    if layers:
+        fix += f" (mdata.mod[{mod_key!r}].layers are {list(layers)})"
     dtype = getattr(matrix, "dtype", None)
     if dtype is None or not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
         raise ValueError(f"{where} has dtype {dtype}, not numbers; {fix}.")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(f"{where} has complex dtype {dtype}; counts are real integers: {fix}.")
+    cell_totals = np.zeros(matrix.shape[0], dtype=np.float64)
+    feature_totals = np.zeros(matrix.shape[1], dtype=np.float64)
     for start in range(0, matrix.shape[0], _CHUNK_ROWS):
         block = matrix[start : start + _CHUNK_ROWS]
         values = block.data if sparse.issparse(block) else np.asarray(block)
-        if np.issubdtype(values.dtype, np.bool_) or np.issubdtype(values.dtype, np.integer):
-            if np.issubdtype(values.dtype, np.signedinteger) and values.size and values.min() < 0:
-                raise ValueError(f"{where} has negative values; counts are non-negative: {fix}.")
-            continue
-        if not np.all(np.isfinite(values)):
-            kind = "NaN" if np.isnan(values).any() else "infinite"
-            raise ValueError(f"{where} has {kind} values; counts must be finite: {fix}.")
-        if values.size and values.min() < 0:
-            raise ValueError(
-                f"{where} has negative values (min {values.min():.3g}); it looks scaled or centred: {fix}."
-            )
-        fractional = values != np.round(values)
-        if fractional.any():
-            hint = " it looks log-normalized;" if values.max() < 20 else ""
-            raise ValueError(f"{where} has non-integer values (e.g. {values[fractional][0]:.4g});{hint} {fix}.")
+        if not (np.issubdtype(values.dtype, np.bool_) or np.issubdtype(values.dtype, np.integer)):
+            if not np.all(np.isfinite(values)):
+                kind = "NaN" if np.isnan(values).any() else "infinite"
+                raise ValueError(f"{where} has {kind} values; counts must be finite: {fix}.")
+        if values.size and not np.issubdtype(values.dtype, np.bool_):
+            low, high = values.min(), values.max()
+            if low < 0:
+                raise ValueError(
+                    f"{where} has negative values (min {low:.3g}); it looks scaled or centred, or overflowed: {fix}."
+                )
+            if high > MAX_COUNT:
+                raise ValueError(
+                    f"{where} has counts up to {float(high):.3g}, above 2**31 - 1; no assay counts that many molecules "
+                    f"of one feature in one cell, so the matrix overflowed or was cast from another type: {fix}."
+                )
+            if not np.issubdtype(values.dtype, np.integer):
+                fractional = values != np.round(values)
+                if fractional.any():
+                    hint = (
+                        _NORMALIZED_HINTS.get(modality, "it looks normalized")
+                        if high < 20
+                        else ("it looks normalized or scaled")
+                    )
+                    raise ValueError(
+                        f"{where} has non-integer values (e.g. {values[fractional][0]:.4g}); {hint}; {fix}."
+                    )
+        block = block if sparse.issparse(block) else np.asarray(block, dtype=np.float64)
+        cell_totals[start : start + block.shape[0]] = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+        feature_totals += np.asarray(block.sum(axis=0), dtype=np.float64).ravel()
+    return {"cell_totals": cell_totals, "feature_totals": feature_totals}
+
+
+def warn_empty(totals: Mapping[str, np.ndarray], *, mod_key: str, adata: AnnData, layer: str | None) -> None:
+    """Warn about cells and features of one modality without a single count; they are kept and train fine."""
+    where = _where(mod_key, layer)
+    empty_cells = np.flatnonzero(totals["cell_totals"] == 0)
+    if len(empty_cells):
+        warnings.warn(
+            f"{where} has {len(empty_cells)} of {adata.n_obs} cells with no counts (e.g. "
+            f"{adata.obs_names[empty_cells[:3]].tolist()}); they are kept, and their latent comes from their other "
+            f"modalities and the prior. Drop them (e.g. sc.pp.filter_cells) if they are empty droplets.",
+            UserWarning,
+            stacklevel=4,
+        )
+    empty_features = np.flatnonzero(totals["feature_totals"] == 0)
+    if len(empty_features):
+        warnings.warn(
+            f"{where} has {len(empty_features)} of {adata.n_vars} features with no counts in any cell (e.g. "
+            f"{adata.var_names[empty_features[:3]].tolist()}); they are kept and learn to be zero. Drop them "
+            "(e.g. sc.pp.filter_genes(min_cells=1)) to save time.",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def check_obs_key(mdata: MuData, key: str, *, argument: str) -> pd.Series:
@@ -165,8 +244,8 @@ def check_every_cell_measured(mdata: MuData, modalities: Mapping[str, str]) -> N
         names = mdata.obs_names[~measured]
         raise ValueError(
             f"{len(names)} cells of mdata have none of the modalities {list(modalities.values())} "
-            f"(e.g. {names[:3].tolist()}); drop them first, e.g. mdata = mdata[mdata.obs_names.isin(<measured>)]"
-            ", or register the modality they have."
+            f"(e.g. {names[:3].tolist()}); if a modality was subset in place, call mdata.update(); otherwise drop "
+            "them, e.g. mdata = mdata[mdata.obs_names.isin(<measured>)], or register the modality they have."
         )
 
 
@@ -183,10 +262,106 @@ def check_features(mdata: MuData, mod_key: str, reference: pd.Index) -> None:
     var_names = mdata.mod[mod_key].var_names
     if var_names.equals(reference):
         return
-    missing = reference.difference(var_names)
-    extra = var_names.difference(reference)
+    raise ValueError(feature_mismatch_message(f"mdata.mod[{mod_key!r}]", var_names, reference))
+
+
+def feature_mismatch_message(where: str, var_names: pd.Index, reference: pd.Index) -> str:
+    """The message for data whose features differ from a model's: which are missing, which unknown, the fix."""
+    import pengster.data
+
+    var_names, reference = pd.Index(var_names), pd.Index(reference)
+    missing = reference.difference(var_names, sort=False)
+    extra = var_names.difference(reference, sort=False)
+    if len(missing) == 0 and len(extra) == 0:
+        problem = "the model's features in another order"
+    else:
+        problem = (
+            f"features that differ from the model's: {len(missing)} missing (e.g. {missing[:5].tolist()}), "
+            f"{len(extra)} unknown (e.g. {extra[:5].tolist()})"
+        )
+    fix = f"reorder and pad with {where}[:, model_features]"
+    if hasattr(pengster.data, "prepare_query"):
+        fix += " or pengster.data.prepare_query(query, reference)"
+    return f"{where} has {problem}; {fix}."
+
+
+def check_known_categories(values: pd.Series, known: Sequence[str], *, key: str | None, argument: str) -> None:
+    """Raise when ``values`` (a column of new data) holds categories the model did not see in training."""
+    unseen = sorted(set(values.astype(str)) - {str(category) for category in known})
+    if not unseen:
+        return
+    if key is None:
+        raise ValueError(
+            f"the model was trained with {argument} categories {list(known)[:10]}, but this mdata has no such column; "
+            f"add one, e.g. mdata.obs[{argument.removesuffix('_key')!r}] = {str(known[0])!r}, and pass the same "
+            f"{argument} as in training."
+        )
     raise ValueError(
-        f"mdata.mod[{mod_key!r}] has features that differ from the model's: {len(missing)} missing "
-        f"(e.g. {missing[:5].tolist()}), {len(extra)} unknown (e.g. {extra[:5].tolist()}); reorder and pad with "
-        f"mdata.mod[{mod_key!r}][:, model_features] or pengster.data.prepare_query(query, reference)."
+        f"mdata.obs[{key!r}] ({argument}) has categories the model never saw in training: {unseen[:5]}"
+        f"{' ...' if len(unseen) > 5 else ''}; it knows {list(known)[:10]}. Replace them by a training category "
+        f"(e.g. mdata.obs[{key!r}] = {str(known[0])!r}) in a copy of the data, or map the new data as a query."
     )
+
+
+def check_registered_categories(obs: pd.DataFrame, manager, setup_args: Mapping) -> None:
+    """Raise when new data's batch, dataset or covariate categories were not seen in training.
+
+    ``obs`` is the aligned obs of the new data; ``manager`` the model's :class:`~scvi.data.AnnDataManager`.
+    """
+    from pengster._constants import REGISTRY_KEYS
+
+    from . import _align
+
+    checks = [
+        (REGISTRY_KEYS.BATCH, _align.BATCH_COLUMN, setup_args.get("batch_key"), "batch_key"),
+        (REGISTRY_KEYS.PANEL, _align.PANEL_COLUMN, setup_args.get("dataset_key"), "dataset_key"),
+    ]
+    for registry_key, column, key, argument in checks:
+        known = manager.get_state_registry(registry_key).get("categorical_mapping")
+        if known is not None:
+            check_known_categories(obs[column], list(known), key=key, argument=argument)
+    mappings = manager.get_state_registry(REGISTRY_KEYS.CAT_COVS).get("mappings", {})
+    for key in setup_args.get("categorical_covariate_keys") or []:
+        column = _align.covariate_column(key)
+        if column in mappings:
+            check_known_categories(obs[column], list(mappings[column]), key=key, argument="categorical_covariate_keys")
+
+
+def protein_panel_masks(
+    matrix, mask: np.ndarray, panel_codes: np.ndarray, panels: Sequence[str], *, mod_key: str, var_names: pd.Index
+) -> np.ndarray:
+    """Mask (as totalVI does) the proteins with no count in any cell of a panel: that panel did not measure them.
+
+    Parameters
+    ----------
+    matrix
+        The protein counts of the cells that measured protein, ``(n_cells, n_proteins)``.
+    mask
+        The panels' feature masks so far, ``(n_panels, n_proteins)``.
+    panel_codes
+        Panel (dataset) code of each of those cells, ``(n_cells,)``.
+    panels
+        The panel names, for the warning.
+
+    Returns
+    -------
+    The updated mask (a copy).
+    """
+    mask = mask.copy()
+    for code, panel in enumerate(panels):
+        rows = np.flatnonzero(panel_codes == code)
+        if len(rows) == 0:
+            continue
+        totals = np.asarray(matrix[rows].sum(axis=0)).ravel()
+        absent = (totals == 0) & (mask[code] > 0)
+        if absent.any() and not absent.all():
+            mask[code, absent] = 0.0
+            warnings.warn(
+                f"mdata.mod[{mod_key!r}]: {int(absent.sum())} proteins have no count in any cell of dataset "
+                f"{panel!r} (e.g. {var_names[absent][:5].tolist()}); they are treated as not in its panel and left out "
+                "of its likelihood, as totalVI does. Record the panels in "
+                f"mdata.mod[{mod_key!r}].varm['measured'] (pengster.data.mosaic does) to silence this.",
+                UserWarning,
+                stacklevel=4,
+            )
+    return mask

@@ -17,7 +17,7 @@ from scvi.train import TrainingPlan, TrainRunner
 from pengster._constants import REGISTRY_KEYS
 from pengster.module import JointVAEModule
 
-from . import _query, _setup, _speed
+from . import _callbacks, _checks, _query, _save, _setup, _speed
 from ._sampler import MosaicDataSplitter
 
 logger = logging.getLogger(__name__)
@@ -193,6 +193,9 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
                 reference_var_names=reference,
             )
             self._store.put(adata, prepared)
+        args = self.adata_manager._registry["setup_args"]
+        resolved = {**args, "dataset_key": _setup.resolve_dataset_key(adata, args["dataset_key"])}
+        _checks.check_registered_categories(prepared.aligned.obs, self.adata_manager, resolved)
         return super()._validate_anndata(prepared.aligned, copy_if_view=False)
 
     def _aligned(self, mdata: MuData | None) -> MuData:
@@ -209,6 +212,7 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         fast: bool = True,
         data_on_device: bool | None = None,
         chunk_cells: int = 65_536,
+        checkpoint_dir: str | None = None,
         **kwargs,
     ):
         """Train with scvi-tools' training plan; every argument of :meth:`scvi.model.SCVI.train` is accepted.
@@ -216,6 +220,12 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         Defaults that differ from scvi-tools: early stopping on ``validation_loss`` (patience 20), KL warm-up over
         a quarter of ``max_epochs`` (at most 50 epochs), minibatches holding every dataset, and for a query model
         (:meth:`load_query_data`) no weight decay. ``accelerator``, ``devices`` and ``strategy`` go to Lightning.
+
+        Each training step is seeded from ``(scvi.settings.seed, epoch, minibatch)``; a NaN or infinite loss stops
+        training with a :class:`FloatingPointError` naming the modality and the minibatch. With ``checkpoint_dir``,
+        every epoch writes ``<checkpoint_dir>/last.ckpt`` and ``<checkpoint_dir>/last_model/`` (loadable with
+        :meth:`load`); an interrupted run resumes, to the same result on CPU, with
+        ``model.train(..., checkpoint_dir=d, ckpt_path=f"{d}/last.ckpt")`` on a model built with the same arguments.
 
         Parameters
         ----------
@@ -239,6 +249,8 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             free GPU memory (None).
         chunk_cells
             Cells per chunk when the data is read in chunks.
+        checkpoint_dir
+            Write ``last.ckpt`` and ``last_model/`` there after every epoch (see below).
         **kwargs
             Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` and Lightning's Trainer.
         """
@@ -261,7 +273,11 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             plan_kwargs=plan_kwargs,
             trainer_kwargs=kwargs,
         )
-        with _speed.fast_context(fast, accelerator=kwargs.get("accelerator", "auto")):
+        kwargs["callbacks"] = _callbacks.training_callbacks(self, checkpoint_dir, kwargs.get("callbacks"))
+        with (
+            _speed.fast_context(fast, accelerator=kwargs.get("accelerator", "auto")),
+            _callbacks.training_guard(checkpoint_dir, kwargs["callbacks"]),
+        ):
             return super().train(
                 max_epochs=max_epochs,
                 batch_size=batch_size,
@@ -338,9 +354,28 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             cls, query, reference, freeze_options=freeze_options, accelerator=accelerator, device=device
         )
 
+    def save(self, dir_path: str, *, overwrite: bool = False, save_anndata: bool = False, **kwargs) -> None:
+        """Save atomically, with a manifest of versions, registry and checksum. See :meth:`scvi.model.SCVI.save`.
+
+        The files are written to a temporary folder next to ``dir_path`` and renamed into place when complete.
+        """
+        _save.save_atomically(
+            self,
+            dir_path,
+            overwrite=overwrite,
+            write=lambda folder: super(JointVAE, self).save(
+                folder, overwrite=True, save_anndata=save_anndata, **kwargs
+            ),
+        )
+
     @classmethod
     def load(cls, dir_path: str, mdata: MuData | None = None, **kwargs) -> JointVAE:
-        """Load a saved model; ``mdata`` is set up with the saved arguments. See :meth:`scvi.model.SCVI.load`."""
+        """Load a saved model; ``mdata`` is set up with the saved arguments. See :meth:`scvi.model.SCVI.load`.
+
+        Raises when the folder is incomplete or damaged, was saved by an incompatible pengster, or when ``mdata``'s
+        features differ from the model's.
+        """
+        _save.check_saved(dir_path, model_class=cls.__name__, mdata=mdata)
         return super().load(dir_path, adata=mdata, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ getters

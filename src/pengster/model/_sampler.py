@@ -33,10 +33,17 @@ class MosaicBatchSampler(Sampler):
 
     def __init__(self, strata: np.ndarray, batch_size: int, *, seed: int = 0, num_replicas: int = 1, rank: int = 0):
         self.groups = [np.flatnonzero(strata == code) for code in np.unique(strata)]
-        self.n_batches = max(1, int(np.ceil(len(strata) / batch_size)))
-        self.rng = np.random.default_rng(seed)
+        # at most n // 2 minibatches: a one-cell minibatch breaks batch normalisation in training mode
+        self.n_batches = max(1, min(int(np.ceil(len(strata) / batch_size)), len(strata) // 2))
+        # without a seed (scvi.settings.seed = None), draw one, so that set_epoch still has a base to derive from
+        self.seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+        self.rng = np.random.default_rng(self.seed)
         self.num_replicas = num_replicas
         self.rank = rank
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's shuffle from ``(seed, epoch)`` alone (Lightning calls it): a resumed run repeats it."""
+        self.rng = np.random.default_rng([self.seed, epoch])
 
     def __len__(self) -> int:
         return len(range(self.rank, self.n_batches, self.num_replicas))
@@ -49,7 +56,8 @@ class MosaicBatchSampler(Sampler):
                 order = np.concatenate([order, self.rng.choice(group, self.n_batches - len(order))])
             chunks.append(np.array_split(order, self.n_batches))
         for index in range(self.rank, self.n_batches, self.num_replicas):
-            yield np.sort(np.concatenate([chunk[index] for chunk in chunks])).tolist()
+            batch = np.sort(np.concatenate([chunk[index] for chunk in chunks])).tolist()
+            yield batch * 2 if len(batch) == 1 else batch  # a single training cell: see it twice
 
 
 class MosaicDataSplitter(DataSplitter):
@@ -69,6 +77,9 @@ class MosaicDataSplitter(DataSplitter):
     def setup(self, stage: str | None = None):
         """Split each dataset into train and validation cells in the same proportions."""
         super().setup(stage)
+        if self.external_indexing is None and len(self.train_idx) == 0:
+            # scvi-tools moves a last minibatch of 1-2 cells to validation; with so few cells, train on all of them
+            self.train_idx, self.val_idx = np.arange(self.adata_manager.adata.n_obs), np.array([], dtype=int)
         if self.external_indexing is not None or len(self.val_idx) == 0:
             return
         strata = self._strata()

@@ -88,7 +88,12 @@ def prepare(
     modalities = {m: modalities[m] for m in ("rna", "atac", "protein") if m in modalities}
     for modality, mod_key in present.items():
         matrix = _checks.count_matrix(mdata, mod_key, layers[modality])
-        _checks.check_counts(matrix, mod_key=mod_key, layer=layers[modality], modality=modality)
+        adata = mdata.mod[mod_key]
+        totals = _checks.check_counts(
+            matrix, mod_key=mod_key, layer=layers[modality], modality=modality, layers=list(adata.layers)
+        )
+        if reference_var_names is None:  # setting up training data, not new data for a trained model
+            _checks.warn_empty(totals, mod_key=mod_key, adata=adata, layer=layers[modality])
     _checks.check_every_cell_measured(mdata, present)
     obs = pd.DataFrame(index=mdata.obs_names.copy())
     if batch_key is not None:
@@ -114,10 +119,21 @@ def prepare(
         rows = np.flatnonzero(obs[_align.has_column("protein")].to_numpy() > 0)
         if len(rows):
             background = _align.protein_background(aligned.mod[modalities["protein"]].X, rows)
+    masks = _align.feature_masks(mdata, present, panels)
+    if "protein" in present and reference_var_names is None:
+        rows = np.flatnonzero(obs[_align.has_column("protein")].to_numpy() > 0)
+        masks["protein"] = _checks.protein_panel_masks(
+            aligned.mod[present["protein"]].X[rows],
+            masks["protein"],
+            pd.Categorical(obs[_align.PANEL_COLUMN], categories=panels).codes[rows],
+            panels,
+            mod_key=present["protein"],
+            var_names=aligned.mod[present["protein"]].var_names,
+        )
     return Prepared(
         aligned=aligned,
         modalities=modalities,
-        feature_masks=_align.feature_masks(mdata, present, panels),
+        feature_masks=masks,
         batch_has_modality=_align.batch_has_modality(obs, batches, modalities),
         protein_background=background,
     )

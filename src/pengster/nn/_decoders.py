@@ -24,6 +24,21 @@ def masked_normalize(values: torch.Tensor, feature_mask: torch.Tensor) -> torch.
     return masked / masked.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
+def _hidden(layers: nn.Module, x: torch.Tensor, *categoricals: torch.Tensor) -> torch.Tensor:
+    """``layers(x, *categoricals)``; a single row in training uses the running batch-norm statistics.
+
+    A mosaic minibatch may hold one cell of a modality (a few multiome cells spread over the minibatches of a large
+    CITE-seq run), and batch norm cannot normalise one row with its own statistics.
+    """
+    if not (layers.training and x.shape[0] == 1):
+        return layers(x, *categoricals)
+    layers.eval()
+    try:
+        return layers(x, *categoricals)
+    finally:
+        layers.train()
+
+
 class RNADecoder(nn.Module):
     """Negative binomial (or ZINB) decoder with the observed library size, as in scVI :cite:p:`lopez2018scvi`.
 
@@ -84,7 +99,7 @@ class ATACDecoder(nn.Module):
 
     def probabilities(self, z: torch.Tensor, cell_factor: torch.Tensor, *categoricals: torch.Tensor) -> torch.Tensor:
         """Accessibility probabilities of shape ``z.shape[:-1] + (n_peaks,)``."""
-        logits = self.output(self.layers(z, *categoricals))
+        logits = self.output(_hidden(self.layers, z, *categoricals))
         return torch.sigmoid(logits) * torch.sigmoid(self.region_logit) * cell_factor
 
     def forward(
@@ -113,7 +128,7 @@ class CellFactorEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, *categoricals: torch.Tensor) -> torch.Tensor:
         """Return the factor of shape ``(n_cells, 1)``."""
-        return torch.sigmoid(self.output(self.layers(x, *categoricals)))
+        return torch.sigmoid(self.output(_hidden(self.layers, x, *categoricals)))
 
 
 class ProteinDecoder(nn.Module):
@@ -146,7 +161,7 @@ class ProteinDecoder(nn.Module):
         self, z: torch.Tensor, batch_index: torch.Tensor, *categoricals: torch.Tensor
     ) -> tuple[Distribution, dict[str, torch.Tensor]]:
         """Return ``(px, parts)`` with parts ``background``, ``foreground`` and ``mixing`` (background probability)."""
-        hidden = self.layers(z, *categoricals)
+        hidden = _hidden(self.layers, z, *categoricals)
         background = self.log_background[:, batch_index.view(-1).long()].T.exp()
         background = background.expand(z.shape[:-1] + background.shape[-1:])
         foreground = background * (1.0 + F.softplus(self.foreground(hidden)) + 1e-4)

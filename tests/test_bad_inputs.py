@@ -1,4 +1,10 @@
-"""Every bad input fails early, with an error that names the object, the key and the fix, and leaves the data alone."""
+"""The catalogue of bad inputs: each fails early with an error naming the object, the key and the fix (or, where
+the input is merely unusual, warns and trains fine), and the user's data is left unchanged.
+
+Cases: SETUP_CASES (errors of setup_mudata), GETTER_CASES (errors of the getters), and the tests below them
+(AnnData input, no setup, query features, unseen categories, load checks, mosaic names, dense/sparse/backed input,
+empty cells and features, protein panels).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import pytest
 import torch
 from scipy import sparse
 
-from pengster.data import synthetic_mosaic
+from pengster.data import mosaic, synthetic_mosaic
 from pengster.model import JointVAE
 
 torch.set_num_threads(1)
@@ -119,6 +125,29 @@ def _zero_proteins(mdata: md.MuData) -> md.MuData:
     return md.MuData({"rna": mdata.mod["rna"], "atac": mdata.mod["atac"], "prot": mdata.mod["prot"][:, []].copy()})
 
 
+def _tfidf(dense: np.ndarray) -> np.ndarray:
+    idf = np.log1p(dense.shape[0] / (1 + (dense > 0).sum(0, keepdims=True)))
+    return (dense > 0) / np.maximum((dense > 0).sum(1, keepdims=True), 1) * idf
+
+
+def _clr(dense: np.ndarray) -> np.ndarray:
+    return np.log1p(dense / np.exp(np.log1p(dense).mean(1, keepdims=True)))
+
+
+def _prot_out_of_sync(mdata: md.MuData) -> md.MuData:
+    prot = mdata.mod["prot"].copy()
+    prot.obs_names = [f"other_{name}" for name in prot.obs_names]
+    mdata.mod["prot"] = prot  # no mdata.update(): .obs no longer matches the modalities
+    return mdata
+
+
+def _multiome_subset_in_place(mdata: md.MuData) -> md.MuData:
+    for key in ("rna", "atac"):
+        adata = mdata.mod[key]
+        mdata.mod[key] = adata[~adata.obs_names.isin([f"multiome_cell{i}" for i in range(10)])].copy()
+    return mdata
+
+
 def _renamed_mods(mdata: md.MuData) -> md.MuData:
     return md.MuData({"gene_expression": mdata.mod["rna"], "chromatin": mdata.mod["atac"]})
 
@@ -186,7 +215,7 @@ SETUP_CASES = [
         lambda m: _with_matrix(m, "rna", _log_normalized),
         {"modalities": ALL},
         ValueError,
-        [r"mdata\.mod\['rna'\]\.X", r"non-integer", r"log-normalized", r"layers=\{'rna': 'counts'\}"],
+        [r"mdata\.mod\['rna'\]\.X", r"non-integer", r"looks log-normalized; pass the raw counts layer", r"'counts'"],
     ),
     (
         "nan",
@@ -250,6 +279,61 @@ SETUP_CASES = [
         {"modalities": {"atac": "atac"}},
         ValueError,
         [r"60 cells of mdata", r"none of the modalities \['atac'\]", r"cite_cell0", r"drop them", r"register"],
+    ),
+    (
+        "atac_tfidf",
+        lambda m: _with_matrix(m, "atac", _tfidf),
+        {"modalities": ALL},
+        ValueError,
+        [
+            r"mdata\.mod\['atac'\]\.X",
+            r"non-integer",
+            r"looks TF-IDF",
+            r"raw peak counts",
+            r"layers=\{'atac': 'counts'\}",
+        ],
+    ),
+    (
+        "protein_clr",
+        lambda m: _with_matrix(m, "prot", _clr),
+        {"modalities": ALL},
+        ValueError,
+        [r"mdata\.mod\['prot'\]\.X", r"non-integer", r"looks CLR-normalized", r"layers=\{'protein': 'counts'\}"],
+    ),
+    (
+        "object_dtype",
+        lambda m: _with_matrix(m, "rna", lambda x: x.astype(object)),
+        {"modalities": ALL},
+        ValueError,
+        [r"mdata\.mod\['rna'\]\.X", r"dtype object", r"not numbers", r"layers are \['counts'\]"],
+    ),
+    (
+        "int64_overflow_sized",
+        lambda m: _with_matrix(m, "rna", lambda x: _set_first(2.0**40)(x).astype(np.int64)),
+        {"modalities": ALL},
+        ValueError,
+        [r"mdata\.mod\['rna'\]\.X", r"counts up to 1\.1e\+12", r"above 2\*\*31 - 1", r"overflowed", r"'counts'"],
+    ),
+    (
+        "uint64_wrapped_negative",
+        lambda m: _with_matrix(m, "prot", lambda x: _set_first(-1.0)(x).astype(np.int64).astype(np.uint64)),
+        {"modalities": ALL},
+        ValueError,
+        [r"mdata\.mod\['prot'\]\.X", r"1\.84e\+19", r"overflowed or was cast", r"layers=\{'protein'"],
+    ),
+    (
+        "modality_cells_not_in_obs",
+        _prot_out_of_sync,
+        {"modalities": ALL},
+        ValueError,
+        [r"mdata\.mod\['prot'\] has 60 cells that are not in mdata\.obs_names", r"out of sync", r"mdata\.update\(\)"],
+    ),
+    (
+        "obs_cells_dropped_from_modalities",
+        _multiome_subset_in_place,
+        {"modalities": ALL},
+        ValueError,
+        [r"10 cells of mdata have none of the modalities", r"multiome_cell0", r"call mdata\.update\(\)"],
     ),
     (
         "modality_with_zero_features",
@@ -378,10 +462,97 @@ def test_predict_on_new_data_with_other_features_names_them(rna_atac_model):
         r"mdata\.mod\['rna'\] has features that differ from the model's",
         r"2 missing",
         r"novel_gene_a",
-        r"prepare_query",
+        r"\[:, model_features\]",
     )
     missing = model.adata.mod["rna"].var_names[:2].tolist()
     assert all(name in str(excinfo.value) for name in missing)
     assert_same(query, snap)
     # the failed call registered nothing: the query is not remembered as set up
     assert JointVAE._store.get(query) is None
+
+
+# --------------------------------------------------------------------------------------------- new data for a model
+def _with_batches(mdata: md.MuData, batches: list[str]) -> md.MuData:
+    mdata.obs["batch"] = pd.Categorical(np.resize(np.asarray(batches), mdata.n_obs))
+    return mdata
+
+
+QUERY_CASES = [
+    (
+        "unseen_batch_category",
+        lambda q: _with_batches(q, ["b0", "site9"]),
+        [r"mdata\.obs\['batch'\] \(batch_key\)", r"never saw in training: \['site9'\]", r"knows \['b0', 'b1'\]"],
+    ),
+    (
+        "unseen_dataset",
+        lambda q: q.obs.__setitem__("dataset", "new_lab") or q,
+        [r"mdata\.obs\['dataset'\] \(dataset_key\)", r"\['new_lab'\]", r"knows \['cite', 'multiome'\]"],
+    ),
+    (
+        "dataset_column_missing",
+        lambda q: q.obs.drop(columns="dataset", inplace=True) or q,
+        [r"trained with dataset_key categories \['cite', 'multiome'\]", r"no such column", r"mdata\.obs\['dataset'\]"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "patterns"), [c[1:] for c in QUERY_CASES], ids=[c[0] for c in QUERY_CASES])
+@pytest.mark.parametrize("call", ["predict", "latent"])
+def test_new_data_with_categories_unseen_in_training(rna_atac_model, make, patterns, call):
+    model, _ = rna_atac_model
+    query = make(_mosaic(seed=2))
+    snap = snapshot(query)
+    with pytest.raises(ValueError) as excinfo:
+        if call == "predict":
+            model.predict(query, target="atac")
+        else:
+            model.get_latent_representation(query)
+    assert type(excinfo.value) is ValueError
+    _assert_names(excinfo.value, *patterns)
+    assert_same(query, snap)
+
+
+def test_load_against_data_with_other_features_names_them(rna_atac_model, tmp_path):
+    model, _ = rna_atac_model
+    model.save(tmp_path / "model")
+    other = _mosaic(seed=1)
+    other.mod["atac"].var_names = ["chr9_1_2", *other.mod["atac"].var_names[1:]]
+    snap = snapshot(other)
+    with pytest.raises(ValueError) as excinfo:
+        JointVAE.load(str(tmp_path / "model"), mdata=other)
+    _assert_names(
+        excinfo.value,
+        r"mdata\.mod\['atac'\] has features that differ from the model's: 1 missing \(e\.g\. \['peak0'\]\)",
+        r"1 unknown \(e\.g\. \['chr9_1_2'\]\)",
+        r"trained on 40 features of 'atac'",
+    )
+    assert_same(other, snap)
+    assert JointVAE._store.get(other) is None
+
+
+# --------------------------------------------------------------------------------------------- mosaic() inputs
+def _paired(prefix: str, names: list[str]) -> md.MuData:
+    rna = ad.AnnData(
+        X=sparse.csr_matrix(np.ones((len(names), 3), dtype=np.float32)),
+        obs=pd.DataFrame(index=names),
+        var=pd.DataFrame(index=[f"{prefix}_g{i}" for i in range(3)]),
+    )
+    return md.MuData({"rna": rna})
+
+
+def test_mosaic_renames_colliding_obs_names_and_leaves_inputs_alone(caplog):
+    first, second = _paired("a", ["AAAC-1", "AAAG-1"]), _paired("b", ["AAAC-1", "TTTC-1"])
+    snaps = [snapshot(first), snapshot(second)]
+    with caplog.at_level("INFO", logger="pengster.data._mosaic"):
+        combined = mosaic({"lab1": first, "lab2": second})
+    assert "obs_names collide" in caplog.text
+    assert list(combined.obs_names) == ["AAAC-1-lab1", "AAAG-1-lab1", "AAAC-1-lab2", "TTTC-1-lab2"]
+    assert_same(first, snaps[0])
+    assert_same(second, snaps[1])
+
+
+def test_mosaic_names_that_still_collide_after_renaming():
+    first, second = _paired("a", ["c-", "d"]), _paired("b", ["c", "d"])
+    with pytest.raises(ValueError) as excinfo:
+        mosaic({"1": first, "-1": second})  # 'c-' + '-1' == 'c' + '--1'
+    _assert_names(excinfo.value, r"obs_names still collide after appending '-<dataset name>'", r"rename the cells")

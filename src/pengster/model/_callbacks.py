@@ -1,0 +1,297 @@
+"""Lightning callbacks that make JointVAE training reliable.
+
+Reproducible epochs, a stop on a non-finite loss that names the modality and the minibatch, resumable checkpoints,
+and a clean KeyboardInterrupt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from scvi.train import SaveCheckpoint
+
+from pengster._constants import REGISTRY_KEYS
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last.ckpt"
+"""Lightning checkpoint (weights, optimizer, epoch, callbacks) written each epoch; pass it as ``ckpt_path``."""
+
+LAST_MODEL = "last_model"
+"""A JointVAE folder (:meth:`~pengster.model.JointVAE.save` format) of the same epoch, for ``JointVAE.load``."""
+
+
+def step_seed(base_seed: int, epoch: int, batch_index: int, rank: int = 0) -> int:
+    """The torch seed of one training step: a function of the run's seed, the epoch, the minibatch and the rank."""
+    state = np.random.SeedSequence([base_seed, epoch, batch_index, rank]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+class StepSeed(Callback):
+    """Reseed torch before every training minibatch from ``(seed, epoch, minibatch)``.
+
+    Dropout and the reparameterisation noise of a step then do not depend on what ran before it (Lightning draws
+    from the global generator when it builds data iterators, at places that differ between a fresh and a resumed
+    run), so training resumed from a checkpoint repeats, bit for bit on CPU, what the uninterrupted run did.
+
+    Parameters
+    ----------
+    seed
+        The run's seed (``scvi.settings.seed``); stored in checkpoints, so a resumed run keeps it.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """Seed torch (all devices) for this step."""
+        torch.manual_seed(step_seed(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))
+
+    def state_dict(self) -> dict:
+        """The seed, saved with a checkpoint."""
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Keep the checkpointed run's seed."""
+        if int(state_dict["seed"]) != self.seed:
+            warnings.warn(
+                f"resuming a run trained with seed {state_dict['seed']}, but scvi.settings.seed is {self.seed}; the "
+                f"epochs keep seed {state_dict['seed']}, but the train/validation split follows the current seed. "
+                f"Set scvi.settings.seed = {state_dict['seed']} to repeat the run exactly.",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.seed = int(state_dict["seed"])
+
+
+class FiniteLossCheck(Callback):
+    """Stop training with :class:`FloatingPointError` when a loss or gradient is NaN or infinite.
+
+    Runs before the backward pass, so the weights are never updated with a non-finite loss. The error names the
+    minibatch (epoch, step), the batch categories of its cells, and which part is non-finite: a modality's
+    encoder or reconstruction, the KL term, the contrastive term, or the model's parameters.
+
+    Parameters
+    ----------
+    batch_categories
+        The batch category of each batch code (the ``batch_key`` values).
+    """
+
+    def __init__(self, batch_categories: Sequence[str]):
+        self.batch_categories = [str(category) for category in batch_categories]
+        self._batch: Mapping[str, torch.Tensor] | None = None
+        self._where = ""
+        self._module = None
+
+    def _remember(self, trainer, pl_module, batch, batch_idx, stage: str) -> None:
+        self._batch, self._module = batch, pl_module.module
+        self._where = f"epoch {trainer.current_epoch}, step {trainer.global_step} ({stage} minibatch {batch_idx})"
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """Remember the minibatch, to diagnose it if its loss is not finite."""
+        self._remember(trainer, pl_module, batch, batch_idx, "training")
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx: int = 0) -> None:
+        """Remember the minibatch, to diagnose it if its loss is not finite."""
+        self._remember(trainer, pl_module, batch, batch_idx, "validation")
+
+    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        """Raise before a non-finite loss reaches the weights."""
+        if not torch.isfinite(loss).all():
+            raise self.error(f"the loss is {loss.item()}")
+
+    def error(self, what: str) -> FloatingPointError:
+        """The error for the remembered minibatch: where, which cells, and which terms are not finite."""
+        parts = diagnose(self._module, self._batch) if self._batch is not None else []
+        return FloatingPointError(
+            f"JointVAE training stopped: {what} at {self._where}; {self._cells_phrase()}. "
+            f"Non-finite, from where it starts: {'; '.join(parts) or 'the total only (terms were finite recomputed)'}. "
+            "Check those cells' counts, or lower the learning rate (plan_kwargs={'lr': 1e-4}). The weights are those "
+            "before this minibatch; the model is not marked trained."
+        )
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        """Raise before non-finite gradients reach the weights."""
+        bad = [
+            name
+            for name, parameter in pl_module.module.named_parameters()
+            if parameter.grad is not None and not torch.isfinite(parameter.grad).all()
+        ]
+        if bad:
+            raise FloatingPointError(
+                f"JointVAE training stopped: non-finite gradients at epoch {trainer.current_epoch}, step "
+                f"{trainer.global_step} in {_modules_phrase(bad)} ({len(bad)} tensors, e.g. {bad[:3]}); "
+                f"{self._cells_phrase()}. Lower the learning rate (plan_kwargs={{'lr': 1e-4}}) or check the counts "
+                "of that modality."
+            )
+
+    def _cells_phrase(self) -> str:
+        if self._batch is None:
+            return "no minibatch recorded"
+        codes = self._batch[REGISTRY_KEYS.BATCH].view(-1).long().cpu().numpy()
+        values, counts = np.unique(codes, return_counts=True)
+        names = [self.batch_categories[v] if v < len(self.batch_categories) else str(v) for v in values]
+        return "its cells come from batch " + ", ".join(
+            f"{n!r} ({c} cells)" for n, c in zip(names, counts, strict=True)
+        )
+
+
+def _modules_phrase(names: Sequence[str]) -> str:
+    """'the protein decoder' etc. from parameter names such as ``decoders.protein.px.weight``."""
+    kinds = {"encoders": "encoder", "decoders": "decoder", "projection_heads": "contrastive head"}
+    phrases = []
+    for name in names:
+        head, _, rest = name.partition(".")
+        modality = rest.partition(".")[0]
+        phrase = f"the {modality} {kinds[head]}" if head in kinds else f"the parameter {head}"
+        if phrase not in phrases:
+            phrases.append(phrase)
+    return ", ".join(phrases)
+
+
+@torch.no_grad()
+def diagnose(module, tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Recompute one minibatch's loss terms and name those that are not finite (cell counts per modality)."""
+    parts = []
+    bad_parameters = [name for name, p in module.named_parameters() if not torch.isfinite(p).all()]
+    if bad_parameters:
+        parts.append(f"parameters of {_modules_phrase(bad_parameters)} (e.g. {bad_parameters[:2]})")
+    was_training = module.training
+    validate = torch.distributions.Distribution._validate_args
+    # let NaN flow through the distributions, to see where it starts instead of where it is first rejected
+    torch.distributions.Distribution.set_default_validate_args(False)
+    module.eval()
+    try:
+        inference, generative = module.forward(tensors, compute_loss=False)
+        has = inference["has"]
+        for modality, (mean, variance) in inference["experts"].items():
+            rows = has[modality] > 0
+            bad = ~(torch.isfinite(mean) & torch.isfinite(variance)).all(-1) & rows
+            if bad.any():
+                parts.append(f"the {modality!r} encoder, for {int(bad.sum())} cells")
+        panel = tensors[REGISTRY_KEYS.PANEL].long().to(module.device)
+        for modality, output in generative["px"].items():
+            if output is None:
+                continue
+            _, cell = generative["pairs"][modality]
+            target = tensors[REGISTRY_KEYS.counts(modality)].to(module.device)[cell].float()
+            if modality == "atac" and module.decoders["atac"].likelihood == "bernoulli":
+                target = (target > 0).float()
+            log_prob = output[0].log_prob(target) * module.feature_mask(modality, panel[cell])
+            bad_cells = torch.unique(cell[~torch.isfinite(log_prob).all(-1)])
+            if bad_cells.numel():
+                parts.append(f"the {modality!r} reconstruction, for {bad_cells.numel()} cells")
+        qz = inference["qz"]
+        if not (torch.isfinite(qz.loc).all() and torch.isfinite(qz.scale).all()):
+            parts.append("the KL term (posterior)")
+        if not torch.isfinite(module._contrastive(inference["experts"], has)):
+            parts.append("the contrastive term")
+    except Exception as error:  # noqa: BLE001 - the diagnosis must never hide the original problem
+        parts.append(f"(the diagnosis itself failed: {type(error).__name__}: {error})")
+    finally:
+        module.train(was_training)
+        torch.distributions.Distribution.set_default_validate_args(validate)
+    return parts
+
+
+class ResumableCheckpoint(SaveCheckpoint):
+    """Each epoch, atomically write ``last.ckpt`` (resume with ``ckpt_path``) and ``last_model/`` (``JointVAE.load``).
+
+    ``last.ckpt`` is Lightning's full state: weights, optimizer, learning-rate schedule, epoch, early stopping and
+    the run's seed. A process killed at any moment leaves the previous epoch's files complete.
+
+    Parameters
+    ----------
+    dirpath
+        Folder of the checkpoint files.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike):
+        super().__init__(dirpath=str(dirpath), filename="last", monitor=None, save_top_k=0)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        """Also write the epoch's model in the JointVAE save format."""
+        model = trainer._model
+        was_trained, was_training = model.is_trained_, model.module.training
+        model.module.eval()
+        model.is_trained_ = True
+        try:
+            model.save(str(Path(self.dirpath) / LAST_MODEL), overwrite=True)
+        finally:
+            model.is_trained_ = was_trained
+            model.module.train(was_training)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        """Write the checkpoint of this epoch (after validation and early stopping have updated their state)."""
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        folder = Path(self.dirpath)
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / LAST_CHECKPOINT
+        staging = folder / f".{LAST_CHECKPOINT}.{os.getpid()}.tmp"
+        trainer.save_checkpoint(str(staging))
+        os.replace(staging, final)
+        self.last_model_path = str(final)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        """Checkpoints are written at the end of the training epoch only."""
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        """No per-step checkpoints."""
+
+
+def training_callbacks(model, checkpoint_dir: str | os.PathLike | None, callbacks: Sequence | None) -> list:
+    """The user's callbacks plus pengster's: epoch seeding, the finite-loss check and, with a folder, checkpoints."""
+    from scvi import settings
+
+    batches = model.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH).categorical_mapping
+    added = [
+        StepSeed(settings.seed if settings.seed is not None else torch.initial_seed() % 2**63),
+        FiniteLossCheck(list(batches)),
+    ]
+    if checkpoint_dir is not None:
+        added.append(ResumableCheckpoint(checkpoint_dir))
+    return [*(callbacks or []), *added]
+
+
+@contextlib.contextmanager
+def training_guard(checkpoint_dir: str | os.PathLike | None, callbacks: Sequence) -> Iterator[None]:
+    """Turn what escapes from Lightning into errors that say what happened.
+
+    - Lightning answers Ctrl-C with ``sys.exit(1)`` and leaves SIGINT ignored (a dead Ctrl-C in a notebook): raise
+      KeyboardInterrupt instead, and restore the handler. The model keeps the weights it had when interrupted.
+    - torch.distributions rejects NaN parameters with a ValueError before any loss exists: raise the
+      :class:`FiniteLossCheck` error naming the modality and the minibatch instead.
+    """
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if on_main_thread else None
+    check = next((c for c in callbacks if isinstance(c, FiniteLossCheck)), None)
+    try:
+        yield
+    except SystemExit as error:
+        if not isinstance(error.__context__, KeyboardInterrupt):
+            raise
+        where = (
+            f"resume from {str(Path(checkpoint_dir) / LAST_CHECKPOINT)!r} with model.train(..., "
+            f"checkpoint_dir={str(checkpoint_dir)!r}, ckpt_path=<that file>)"
+            if checkpoint_dir is not None
+            else "pass checkpoint_dir=... to model.train to be able to resume"
+        )
+        raise KeyboardInterrupt(f"JointVAE training interrupted; the model is not marked trained; {where}.") from None
+    except ValueError as error:
+        if check is None or check._batch is None or "found invalid values" not in str(error):
+            raise
+        raise check.error("a distribution got NaN or infinite parameters") from error
+    finally:
+        if on_main_thread and handler is not None:
+            signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,167 @@
+"""Inputs that are unusual but valid: dense, CSC and backed matrices, empty cells and features, protein panels that
+differ between datasets. Each trains to finite outputs, warns where the user should know, and leaves the data alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import mudata as md
+import numpy as np
+import pytest
+import scvi
+import torch
+from scipy import sparse
+from test_bad_inputs import assert_same, snapshot
+
+from pengster.data import synthetic_mosaic
+from pengster.model import JointVAE
+
+torch.set_num_threads(1)
+
+ALL = {"rna": "rna", "atac": "atac", "protein": "prot"}
+
+
+def _mosaic() -> md.MuData:
+    return synthetic_mosaic(n_cells={"multiome": 50, "cite": 50}, n_genes=30, n_peaks=40, n_proteins=8, seed=3)
+
+
+def _fit(mdata: md.MuData, **setup_kwargs) -> JointVAE:
+    scvi.settings.seed = 0
+    JointVAE.setup_mudata(mdata, modalities=ALL, batch_key="batch", **setup_kwargs)
+    model = JointVAE(mdata, n_latent=4, n_hidden=16)
+    model.train(max_epochs=2, batch_size=50, enable_progress_bar=False)
+    return model
+
+
+def _assert_finite_outputs(model: JointVAE, mdata: md.MuData) -> None:
+    assert np.isfinite(model.history["train_loss"].to_numpy(dtype=float)).all()
+    latent = model.get_latent_representation()
+    assert latent.shape == (mdata.n_obs, 4) and np.isfinite(latent).all()
+    for target in ALL:
+        predicted = model.predict(target=target).to_numpy()
+        has_source = np.isfinite(predicted).all(axis=1)
+        assert has_source.sum() == mdata.n_obs  # every cell has rna, so every target has a source
+
+
+@pytest.fixture(scope="module")
+def reference_latent():
+    mdata = _mosaic()
+    return _fit(mdata).get_latent_representation()
+
+
+def _dense(mdata):
+    for adata in mdata.mod.values():
+        adata.X = adata.X.toarray()
+    return mdata
+
+
+def _csc(mdata):
+    for adata in mdata.mod.values():
+        adata.X = sparse.csc_matrix(adata.X)
+    return mdata
+
+
+def _int64(mdata):
+    for adata in mdata.mod.values():
+        adata.X = adata.X.astype(np.int64)
+    return mdata
+
+
+def _backed(mdata, tmp_path):
+    mdata.write(tmp_path / "mosaic.h5mu")
+    backed = md.read_h5mu(tmp_path / "mosaic.h5mu", backed=True)
+    assert backed.mod["rna"].isbacked
+    return backed
+
+
+@pytest.mark.parametrize("layout", ["dense", "csc", "int64", "backed"])
+def test_matrix_layouts_train_to_the_same_model(layout, reference_latent, tmp_path):
+    """Dense, CSC, integer and backed (on-disk) inputs give bit-identical latents to in-memory float CSR."""
+    mdata = _mosaic()
+    if layout == "backed":
+        mdata = _backed(mdata, tmp_path)
+        before = hashlib.sha256((tmp_path / "mosaic.h5mu").read_bytes()).hexdigest()
+    else:
+        mdata = {"dense": _dense, "csc": _csc, "int64": _int64}[layout](mdata)
+        snap = snapshot(mdata)
+    model = _fit(mdata)
+    _assert_finite_outputs(model, mdata)
+    np.testing.assert_array_equal(model.get_latent_representation(), reference_latent)
+    if layout == "backed":
+        assert hashlib.sha256((tmp_path / "mosaic.h5mu").read_bytes()).hexdigest() == before
+    else:
+        assert_same(mdata, snap)
+
+
+def test_empty_cells_and_features_warn_and_train():
+    mdata = _mosaic()
+    rna = mdata.mod["rna"].X.tolil()
+    rna[:4, :] = 0
+    rna[:, :3] = 0
+    mdata.mod["rna"].X = rna.tocsr()
+    prot = mdata.mod["prot"].X.toarray()
+    prot[:2] = 0
+    mdata.mod["prot"].X = prot
+    snap = snapshot(mdata)
+    with pytest.warns(UserWarning) as record:
+        model = _fit(mdata)
+    messages = [str(w.message) for w in record]
+    assert any(
+        "mdata.mod['rna'].X has 4 of 100 cells with no counts (e.g. ['multiome_cell0'" in m and "kept" in m
+        for m in messages
+    )
+    assert any(
+        "mdata.mod['rna'].X has 3 of 30 features with no counts in any cell (e.g. ['gene0'" in m for m in messages
+    )
+    assert any(
+        "mdata.mod['prot'].X has 2 of 50 cells with no counts (e.g. ['cite_cell0', 'cite_cell1'])" in m
+        for m in messages
+    )
+    _assert_finite_outputs(model, mdata)
+    assert np.isfinite(model.get_normalized_expression(modality="protein").to_numpy()).all()
+    assert_same(mdata, snap)
+
+
+def test_protein_panel_missing_in_one_dataset_is_masked():
+    """Two CITE-seq datasets; the second lacks three antibodies (zero counts): they are masked for it, as totalVI."""
+    mdata = synthetic_mosaic(n_cells={"cite_a": 50, "cite_b": 50}, n_genes=30, n_proteins=8, seed=4)
+    prot = mdata.mod["prot"]
+    in_b = prot.obs_names.str.startswith("cite_b")
+    counts = prot.X.toarray()
+    counts[np.ix_(in_b, [0, 1, 2])] = 0
+    prot.X = sparse.csr_matrix(counts)
+    snap = snapshot(mdata)
+    scvi.settings.seed = 0
+    with pytest.warns(
+        UserWarning,
+        match=r"mdata\.mod\['prot'\]: 3 proteins have no count in any cell of dataset "
+        r"'cite_b' \(e\.g\. \['protein0', 'protein1', 'protein2'\]\).*as totalVI does",
+    ):
+        JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "protein": "prot"}, batch_key="batch")
+    model = JointVAE(mdata, n_latent=4, n_hidden=16)
+    mask = model.module.feature_mask_protein.numpy()
+    np.testing.assert_array_equal(mask, [[1] * 8, [0, 0, 0] + [1] * 5])  # panels in order cite_a, cite_b
+    model.train(max_epochs=2, batch_size=50, enable_progress_bar=False)
+    latent = model.get_latent_representation(modality="protein")
+    assert np.isfinite(latent).all()
+    # the masked proteins are left out of cite_b's encoder input and likelihood: their values change nothing there
+    cells_b = mdata.obs_names.str.startswith("cite_b")
+    for cells, should_change in ((in_b, False), (~in_b, True)):
+        changed = mdata.copy()
+        changed_counts = changed.mod["prot"].X.toarray()
+        changed_counts[np.ix_(cells, [0, 1, 2])] = 50
+        changed.mod["prot"].X = sparse.csr_matrix(changed_counts)
+        latent_changed = model.get_latent_representation(changed, modality="protein")
+        rows = cells_b if not should_change else ~cells_b
+        assert np.allclose(latent_changed[rows], latent[rows]) != should_change
+    assert_same(mdata, snap)
+
+
+def test_a_modality_with_one_cell_per_minibatch_trains():
+    """Three multiome cells spread over the minibatches of a CITE-seq run: batch norm sees one ATAC cell at a time."""
+    mdata = synthetic_mosaic(n_cells={"multiome": 3, "cite": 80}, n_genes=20, n_peaks=30, n_proteins=6, seed=6)
+    snap = snapshot(mdata)
+    model = _fit(mdata)
+    _assert_finite_outputs(model, mdata)
+    assert_same(mdata, snap)
