@@ -97,7 +97,7 @@ def marker_panel(
     ncols: int = 4,
     panel_size: float = 2.8,
 ) -> np.ndarray:
-    """:func:`predicted_vs_observed` for several marker features, one panel each.
+    """:func:`~pengster.pl.predicted_vs_observed` for several marker features, one panel each.
 
     Parameters
     ----------
