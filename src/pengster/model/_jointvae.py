@@ -17,7 +17,7 @@ from scvi.train import TrainingPlan, TrainRunner
 from pengster._constants import REGISTRY_KEYS
 from pengster.module import JointVAEModule
 
-from . import _setup
+from . import _query, _setup
 from ._sampler import MosaicDataSplitter
 
 logger = logging.getLogger(__name__)
@@ -211,11 +211,15 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         """Train with scvi-tools' training plan; every argument of :meth:`scvi.model.SCVI.train` is accepted.
 
         Defaults that differ from scvi-tools: early stopping on ``validation_loss`` (patience 20), KL warm-up over
-        a quarter of ``max_epochs`` (at most 50 epochs), minibatches of 256 cells holding every dataset.
-        ``accelerator``, ``devices`` and ``strategy`` go to Lightning.
+        a quarter of ``max_epochs`` (at most 50 epochs), minibatches of 256 cells holding every dataset, and for a
+        query model (:meth:`load_query_data`) no weight decay. ``accelerator``, ``devices`` and ``strategy`` go to
+        Lightning.
         """
         max_epochs = max_epochs or get_max_epochs_heuristic(self.adata.n_obs)
         plan_kwargs = {"n_epochs_kl_warmup": max(1, min(50, max_epochs // 4)), **(plan_kwargs or {})}
+        if getattr(self, "is_query_", False):
+            # weight decay would move the frozen reference weights (their gradients are zeroed, not their decay)
+            plan_kwargs.setdefault("weight_decay", 0.0)
         if early_stopping:
             kwargs.setdefault("early_stopping_monitor", "validation_loss")
             kwargs.setdefault("early_stopping_patience", 20)
@@ -225,6 +229,74 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             early_stopping=early_stopping,
             plan_kwargs=plan_kwargs,
             **kwargs,
+        )
+
+    @classmethod
+    def load_query_data(
+        cls,
+        query: MuData,
+        reference: JointVAE | str,
+        *,
+        unfrozen: bool = False,
+        freeze_dropout: bool = False,
+        freeze_expression: bool = True,
+        freeze_decoder_first_layer: bool = True,
+        freeze_batchnorm_encoder: bool = True,
+        freeze_batchnorm_decoder: bool = False,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+    ) -> JointVAE:
+        """Map new data onto a trained reference (scArches :cite:p:`lotfollahi2022scarches`); train the result.
+
+        Follows :meth:`scvi.model.base.ArchesMixin.load_query_data`: the query model has the reference's weights,
+        new embedding rows for the query's new batches and datasets, and by default only those rows (and the
+        per-batch protein background) train, so the reference cells keep their latent coordinates. The query may
+        hold a subset of the reference's modalities (e.g. RNA only, or RNA and protein) and a different feature
+        panel: it is aligned with :func:`pengster.data.prepare_query` (reorder, zero-pad and mask missing
+        features, drop unknown ones) unless it already is. The query's datasets are new datasets of the model.
+
+        Parameters
+        ----------
+        query
+            New cells: raw counts in the reference's layers, and the reference's ``batch_key`` column in ``obs``.
+            It is not modified; the query model holds the prepared MuData as ``query_model.mdata``.
+        reference
+            The trained reference model, or the folder it was saved to. It is not modified.
+        unfrozen
+            Train every weight (overrides the other options).
+        freeze_dropout
+            Switch dropout off during query training.
+        freeze_expression
+            Keep the encoders' first layer fixed except for its covariate columns.
+        freeze_decoder_first_layer
+            Keep the decoders' first layer fixed except for its covariate columns.
+        freeze_batchnorm_encoder
+            Keep the batch-norm statistics and parameters of encoder layers (the ATAC cell factor) fixed.
+        freeze_batchnorm_decoder
+            Keep the batch-norm statistics and parameters of decoder layers (ATAC, protein) fixed.
+        accelerator, device
+            Where the query model lives, as in scvi-tools.
+
+        Returns
+        -------
+        An untrained query model; call its :meth:`train` (no weight decay by default).
+
+        Examples
+        --------
+        >>> query_model = pengster.model.JointVAE.load_query_data(query, reference_model)
+        >>> query_model.train(max_epochs=100)
+        >>> pengster.tl.transfer_labels(query_model, query_model.mdata, labels_key="cell_type", reference=mdata)
+        """
+        freeze_options = {
+            "unfrozen": unfrozen,
+            "freeze_dropout": freeze_dropout,
+            "freeze_expression": freeze_expression,
+            "freeze_decoder_first_layer": freeze_decoder_first_layer,
+            "freeze_batchnorm_encoder": freeze_batchnorm_encoder,
+            "freeze_batchnorm_decoder": freeze_batchnorm_decoder,
+        }
+        return _query.load_query_data(
+            cls, query, reference, freeze_options=freeze_options, accelerator=accelerator, device=device
         )
 
     @classmethod

@@ -103,6 +103,7 @@ class JointVAEModule(BaseModuleClass):
             batch_has_modality = torch.ones(n_batch, len(self.modalities))
         self.register_buffer("batch_has_modality", batch_has_modality.float())
         self.register_buffer("atac_cell_factor_mean", torch.tensor(0.5))
+        self.freeze_running_stats = False  # set by reference mapping: keep the reference's running statistics
 
         decoder_cats = [n_batch, *n_cats_per_cov]
         encoder_cats = [n_panels] + (decoder_cats if encode_covariates else [])
@@ -262,7 +263,7 @@ class JointVAEModule(BaseModuleClass):
             own = self.cell_factor_encoder(
                 ENCODER_INPUTS["atac"](x["atac"][rows].float(), mask), *[c[rows] for c in categoricals]
             )
-            if self.training:
+            if self.training and not self.freeze_running_stats:
                 with torch.no_grad():
                     self.atac_cell_factor_mean.lerp_(own.mean(), 0.01)
             factor = factor.index_copy(0, rows, own)

@@ -11,11 +11,12 @@ from mudata import MuData
 logger = logging.getLogger(__name__)
 
 
-def _planned_keys(model, key_added: str) -> dict[str, list[str]]:
+def _planned_keys(model, mdata: MuData, key_added: str) -> dict[str, list[str]]:
     obsm = [f"X_{key_added}"]
     for modality in model.modalities:
         obsm += [f"X_{key_added}_{modality}", f"{key_added}_pred_{modality}", f"{key_added}_pred_{modality}_std"]
-    layers = [f"{mod_key}/{key_added}_denoised" for mod_key in model.modalities.values()]
+    # a query mapped onto a reference may lack a modality: nothing measured, nothing denoised
+    layers = [f"{mod_key}/{key_added}_denoised" for mod_key in model.modalities.values() if mod_key in mdata.mod]
     return {"obsm": obsm, "layers": layers, "uns": [key_added]}
 
 
@@ -33,7 +34,8 @@ def write_results(
 
     - ``mdata.obsm['X_<key>']``: joint latent mean, all cells.
     - ``mdata.obsm['X_<key>_<modality>']``: latent from that modality alone; NaN rows where it was not measured.
-    - ``mdata[mod].layers['<key>_denoised']``: denoised values of the cells of that modality.
+    - ``mdata[mod].layers['<key>_denoised']``: denoised values of the cells of that modality (for the modalities
+      ``mdata`` holds: a query mapped onto a reference may lack some).
     - ``mdata.obsm['<key>_pred_<modality>']``: DataFrame, all cells x that modality's features, predicted from
       the other modalities only (NaN rows for cells that have no other modality).
     - ``mdata.obsm['<key>_pred_<modality>_std']``: its standard deviation over ``n_samples`` posterior samples.
@@ -60,7 +62,7 @@ def write_results(
     """
     import pengster
 
-    keys = _planned_keys(model, key_added)
+    keys = _planned_keys(model, mdata, key_added)
     written_before = set()
     if key_added in mdata.uns and isinstance(mdata.uns[key_added], dict):
         written_before = set(np.asarray(mdata.uns[key_added].get("written", [])).tolist())
@@ -91,6 +93,7 @@ def write_results(
     denoised = {
         mod_key: model.get_normalized_expression(mdata, modality=modality)
         for modality, mod_key in model.modalities.items()
+        if mod_key in mdata.mod
     }
 
     # everything is computed: only now touch the user's object
