@@ -52,6 +52,8 @@ nitpicky = True
 # -- notebooks: committed executed on the real data, never executed by the docs build
 nb_execution_mode = "off"
 nb_merge_streams = True
+# warnings and progress messages of the libraries (stderr) stay in the notebooks but not on the pages
+nb_output_stderr = "remove"
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 

@@ -26,6 +26,13 @@ import pengster
 HERE = Path(__file__).resolve().parent
 
 
+def strip_stderr(notebook: nbformat.NotebookNode) -> None:
+    """Drop the libraries' warnings and progress messages (stderr), which name local paths and change run to run."""
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [out for out in cell.outputs if not (out.output_type == "stream" and out.name == "stderr")]
+
+
 def execute(path: Path, *, timeout: int = 1800) -> float:
     """Run ``path`` in place; return its wall time in seconds."""
     notebook = nbformat.read(path, as_version=4)
@@ -34,6 +41,7 @@ def execute(path: Path, *, timeout: int = 1800) -> float:
         notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}
     ).execute()
     wall_time = time.perf_counter() - start
+    strip_stderr(notebook)
     notebook.metadata["pengster"] = {
         "version": pengster.__version__,
         "torch_threads": 1,

@@ -70,6 +70,10 @@ INVENTORIES: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
     "sklearn": (
         "https://scikit-learn.org/stable/",
         {
+            "sklearn.neighbors.KNeighborsClassifier": (
+                "py:class",
+                "modules/generated/sklearn.neighbors.KNeighborsClassifier.html",
+            ),
             "sklearn.metrics.roc_auc_score": ("py:function", "modules/generated/sklearn.metrics.roc_auc_score.html"),
             "sklearn.metrics.average_precision_score": (
                 "py:function",
@@ -129,6 +133,14 @@ INVENTORIES: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
             "scvi.model.base.BaseModelClass.history": (
                 "py:property",
                 "api/reference/scvi.model.base.BaseModelClass.html#scvi.model.base.BaseModelClass.history",
+            ),
+            "scvi.model.base.ArchesMixin": (
+                "py:class",
+                "api/reference/scvi.model.base.ArchesMixin.html#scvi.model.base.ArchesMixin",
+            ),
+            "scvi.model.base.ArchesMixin.load_query_data": (
+                "py:method",
+                "api/reference/scvi.model.base.ArchesMixin.html#scvi.model.base.ArchesMixin.load_query_data",
             ),
             "scvi.data.AnnDataManager": (
                 "py:class",
