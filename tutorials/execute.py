@@ -27,10 +27,19 @@ HERE = Path(__file__).resolve().parent
 
 
 def strip_stderr(notebook: nbformat.NotebookNode) -> None:
-    """Drop the libraries' warnings and progress messages (stderr), which name local paths and change run to run."""
+    """Drop the libraries' warnings and progress messages (stderr), which name local paths and change run to run,
+    and empty results (a model's repr prints its summary and returns an empty string)."""
+
+    def kept(output) -> bool:
+        if output.output_type == "stream":
+            return output.name != "stderr"
+        if output.output_type == "execute_result":
+            return any(str(value).strip() for value in output.get("data", {}).values())
+        return True
+
     for cell in notebook.cells:
         if cell.cell_type == "code":
-            cell.outputs = [out for out in cell.outputs if not (out.output_type == "stream" and out.name == "stderr")]
+            cell.outputs = [output for output in cell.outputs if kept(output)]
 
 
 def execute(path: Path, *, timeout: int = 1800) -> float:
