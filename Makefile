@@ -39,4 +39,4 @@ docs: $(VENV)/.docs
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) docs/_build demo_output .pytest_cache
+	rm -rf $(VENV) docs/_build docs/generated docs/tutorials demo_output .pytest_cache

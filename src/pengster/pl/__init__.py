@@ -1,5 +1,9 @@
-"""Plots; each returns matplotlib Axes."""
+"""Plots of training and of cross-modal predictions; each function draws with matplotlib and returns its Axes."""
 
-from ._plots import predicted_vs_observed, training_history
+from __future__ import annotations
 
-__all__ = ["predicted_vs_observed", "training_history"]
+from ._embedding import embedding_panel
+from ._history import training_history
+from ._prediction import marker_panel, predicted_vs_observed, uncertainty_calibration
+
+__all__ = ["embedding_panel", "marker_panel", "predicted_vs_observed", "training_history", "uncertainty_calibration"]
