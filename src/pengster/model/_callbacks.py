@@ -53,6 +53,12 @@ class StepSeed(Callback):
     def __init__(self, seed: int):
         self.seed = int(seed)
 
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        """Give the device loader its epoch (Lightning does this only for a DataLoader's sampler)."""
+        loader = trainer.train_dataloader
+        if callable(getattr(loader, "set_epoch", None)):
+            loader.set_epoch(trainer.current_epoch)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         """Seed torch (all devices) for this step."""
         torch.manual_seed(step_seed(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))

@@ -237,13 +237,18 @@ class DeviceMinibatchLoader:
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.chunk_cells = int(chunk_cells)
-        self.rng = np.random.default_rng(seed)
-        self.seed = seed
+        # without a seed (scvi.settings.seed = None), draw one, so that set_epoch still has a base to derive from
+        self.seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+        self.rng = np.random.default_rng(self.seed)
         self.num_replicas, self.rank = num_replicas, rank
         self.pin = self.device.type == "cuda"
         self.resident = self._decide_resident() if resident is None else resident
         self._blocks: dict[str, DeviceBlock] | None = None
         self._obs_device = {key: value.to(self.device) for key, value in self.obs.items()}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's shuffle from ``(seed, epoch)`` alone, so a resumed run repeats it (see ``StepSeed``)."""
+        self.rng = np.random.default_rng([self.seed, epoch])
 
     # ------------------------------------------------------------------------------------------------ sizing
     def _decide_resident(self) -> bool:
