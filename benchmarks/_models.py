@@ -114,7 +114,13 @@ class _ScviRunner:
         return rows
 
     def latent(self, cells: pd.Index) -> np.ndarray:
-        return self.model.get_latent_representation(self.mdata, indices=self._rows(cells))
+        """Joint latent; NaN rows for cells outside the model's data (TOTALVI: cells without RNA)."""
+        rows = self.mdata.obs_names.get_indexer(cells)
+        inside = rows >= 0
+        embedded = self.model.get_latent_representation(self.mdata, indices=rows[inside])
+        latent = np.full((len(cells), embedded.shape[1]), np.nan)
+        latent[inside] = embedded
+        return latent
 
     def _rna(self, cells: pd.Index, n_samples: int) -> np.ndarray:
         """Decoded RNA, shape (n_samples, n_cells, n_genes): the posterior mean once, or one z sample per draw."""
