@@ -6,7 +6,7 @@ export PENGSTER_DATA_DIR ?= $(abspath ../shared/data)
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: setup demo test lint docs bench-quick clean
+.PHONY: setup demo test lint docs bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/python:
 # torch first, pinned to the CPU wheel: a bare `torch` requirement would pull a multi-GB CUDA build.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,bench]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -30,6 +30,13 @@ test: setup
 lint: setup
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
+
+# accuracy benchmark vs MULTIVI, TOTALVI and baselines: results in benchmarks/results (about 2 h on 2 threads)
+bench: setup
+	$(BIN)/python benchmarks/accuracy.py
+
+bench-quick: setup
+	$(BIN)/python benchmarks/accuracy.py --quick --out bench_quick_output
 
 $(VENV)/.docs: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[docs]"

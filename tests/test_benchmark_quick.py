@@ -1,0 +1,90 @@
+"""The accuracy benchmark's quick run (one seed, 3 epochs, ~160-cell subsets), so that benchmarks/ cannot rot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import _tasks, accuracy
+
+    return accuracy, _tasks
+
+
+def test_mosaic_study_scores_only_measured_genes(data_dir, bench):
+    _, tasks = bench
+    study = tasks.bmmc_mosaic()
+    multiome = study.obs.index[(study.obs["dataset"] == "bmmc_multiome").to_numpy()]
+    cite = study.obs.index[(study.obs["dataset"] == "bmmc_cite").to_numpy()]
+    measured = study.measured["rna"]
+    genes = study.counts["rna"].var_names
+    # a gene is scored (finite) for a cell exactly when the cell's dataset measured it
+    for cells, dataset in ((multiome, "bmmc_multiome"), (cite, "bmmc_cite")):
+        finite = np.isfinite(study.truth("rna", cells)).all(0)
+        np.testing.assert_array_equal(finite, measured.loc[genes, dataset].to_numpy())
+    hidden = study.hide(rna=multiome[:5])
+    assert hidden.visible("rna").n_obs == study.counts["rna"].n_obs - 5
+    full = hidden.mudata(layout="full")
+    assert full.mod["rna"][multiome[:5]].X.sum() == 0
+    assert full.mod["rna"][multiome[5:]].X.sum() > 0
+
+
+def test_snareseq2_split_and_scale(data_dir, bench):
+    _, tasks = bench
+    study = tasks.snareseq2(n_peaks=200)
+    test_libraries = set(study.obs.loc[~study.obs["train"], "batch"])
+    assert test_libraries == set(tasks.SNARE_TEST_LIBRARIES)
+    assert study.counts["atac"].n_vars == 200
+    # RNA is scored as log1p counts per 10k, so the training cells' typical total is 1e4
+    assert study.target_sum() == pytest.approx(1e4, rel=1e-6)
+
+
+def test_quick_benchmark_runs_every_method(data_dir, bench, tmp_path):
+    accuracy, _ = bench
+    accuracy.main(["--quick", "--out", str(tmp_path), "--datasets", "bmmc_cite", "bmmc_mosaic"])
+    records = json.loads((tmp_path / "accuracy.json").read_text())
+    assert (tmp_path / "accuracy.md").read_text().startswith("# Accuracy benchmark")
+    keys = {"dataset", "task", "metric", "method", "mean", "sd", "n_seeds", "main", "higher_is_better"}
+    assert all(set(record) == keys for record in records)
+    methods = {record["method"] for record in records}
+    assert methods == {"pengster", "multivi", "totalvi", "ridge", "knn", "mean"}
+    tasks = {(r["dataset"], r["task"]) for r in records}
+    assert {
+        ("bmmc_cite", "GEX->ADT"),
+        ("bmmc_cite", "ADT->GEX"),
+        ("bmmc_cite", "joint embedding"),
+        ("bmmc_cite", "modality matching"),
+        ("bmmc_mosaic", "RNA->protein"),
+        ("bmmc_mosaic", "ATAC->RNA"),
+        ("bmmc_mosaic", "RNA+ATAC->protein markers"),
+    } <= tasks
+    # one headline metric per (dataset, task, method)
+    mains = [(r["dataset"], r["task"], r["method"]) for r in records if r["main"]]
+    assert len(mains) == len(set(mains))
+    assert {(d, t) for d, t, _ in mains} == tasks
+
+    def value(dataset, task, metric, method):
+        (match,) = [
+            r["mean"]
+            for r in records
+            if (r["dataset"], r["task"], r["metric"], r["method"]) == (dataset, task, metric, method)
+        ]
+        return match
+
+    # the baselines are fit on real data even in the quick run: RNA carries the proteins' signal
+    assert value("bmmc_cite", "GEX->ADT", "pearson_per_feature", "ridge") > 0.3
+    assert value("bmmc_cite", "GEX->ADT", "rmse", "ridge") < value("bmmc_cite", "GEX->ADT", "rmse", "mean")
+    marker = value("bmmc_mosaic", "RNA+ATAC->protein markers", "marker_auroc", "knn")
+    assert 0.6 < marker <= 1.0
+    assert 0.0 <= value("bmmc_cite", "modality matching", "foscttm", "pengster") <= 1.0
+    assert 0.0 <= value("bmmc_cite", "GEX->ADT calibration", "coverage_90", "pengster") <= 1.0
+    assert sys.modules["benchmarks.accuracy"] is accuracy
