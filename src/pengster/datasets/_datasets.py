@@ -65,7 +65,7 @@ def mop_snareseq2() -> md.MuData:
     ``cell_type`` (15), ``cell_type_fine`` (23). Read from ``$PENGSTER_DATA_DIR/mop_snareseq2_dev.h5mu`` when
     it is there; else GitHub ``PeterZZQ/scMoMaT``'s ``data/real/MOp_5batches/`` files (``GxC1.npz``,
     ``RxC1.npz``, ``meta_c1.csv``, ``genes.txt``, ``regions.txt``; commit 39fd0972) are downloaded into the
-    pooch cache and assembled (libraries 09A-09H) by :func:`~pengster.datasets._snareseq2.build_mop_snareseq2`,
+    pooch cache and assembled (libraries 09A-09H) by ``build_mop_snareseq2``,
     and the result must match the pinned content sha256 of the maintainers' file.
 
     Returns

@@ -233,12 +233,12 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             Passes over the data (default: scvi-tools' heuristic from the number of cells).
         batch_size
             Cells per minibatch. Default: 256 up to 25k cells, doubling with the data above that (at most 2048),
-            see :func:`~pengster.model._speed.auto_batch_size`; with ``fast`` and this automatic size the learning
+            see ``pengster.model._speed.auto_batch_size``; with ``fast`` and this automatic size the learning
             rate grows with the square root of the minibatch unless ``plan_kwargs`` sets ``lr``.
         early_stopping
             Stop when the validation loss stops improving.
         plan_kwargs
-            Passed to :class:`scvi.train.TrainingPlan`.
+            Passed to scvi-tools' ``TrainingPlan`` (e.g. ``lr``, ``weight_decay``).
         fast
             Minibatches gathered on the training device from the CSR matrices (the whole matrix on the GPU when it
             fits, else read in contiguous chunks in shuffled order, also from a backed h5mu), TF32 matrix
@@ -252,7 +252,7 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         checkpoint_dir
             Write ``last.ckpt`` and ``last_model/`` there after every epoch (see below).
         **kwargs
-            Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` and Lightning's Trainer.
+            Passed to scvi-tools' ``UnsupervisedTrainingMixin.train`` and Lightning's ``Trainer``.
         """
         max_epochs = max_epochs or get_max_epochs_heuristic(self.adata.n_obs)
         plan_kwargs = {"n_epochs_kl_warmup": max(1, min(50, max_epochs // 4)), **(plan_kwargs or {})}
@@ -355,9 +355,10 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         )
 
     def save(self, dir_path: str, *, overwrite: bool = False, save_anndata: bool = False, **kwargs) -> None:
-        """Save atomically, with a manifest of versions, registry and checksum. See :meth:`scvi.model.SCVI.save`.
+        """Save atomically, with a manifest of versions, registry and checksum.
 
-        The files are written to a temporary folder next to ``dir_path`` and renamed into place when complete.
+        See :meth:`scvi.model.base.BaseModelClass.save` for the arguments. The files are written to a temporary
+        folder next to ``dir_path`` and renamed into place when complete.
         """
         _save.save_atomically(
             self,
