@@ -6,8 +6,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 SCRIPT = textwrap.dedent(
     """
     import json, os, sys
@@ -47,11 +45,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: DDP (gloo, 2 CPU processes) trains every step but fails at the first epoch end with "
-    "'Inplace update to inference tensor outside InferenceMode' in Lightning's metric logging",
-)
 def test_ddp_two_cpu_processes_split_every_epoch(tmp_path):
     script = tmp_path / "train_ddp.py"
     script.write_text(SCRIPT)

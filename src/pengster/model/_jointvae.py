@@ -12,12 +12,13 @@ import torch
 from mudata import MuData
 from scvi.model._utils import get_max_epochs_heuristic
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
-from scvi.train import TrainingPlan, TrainRunner
+from scvi.train import TrainRunner
 
 from pengster._constants import REGISTRY_KEYS
 from pengster.module import JointVAEModule
 
 from . import _callbacks, _checks, _query, _save, _setup, _speed
+from ._plan import JointTrainingPlan
 from ._sampler import MosaicDataSplitter
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
 
     _module_cls = JointVAEModule
     _data_splitter_cls = MosaicDataSplitter
-    _training_plan_cls = TrainingPlan
+    _training_plan_cls = JointTrainingPlan
     _train_runner_cls = TrainRunner
     _store = _setup.AlignedStore()
 
