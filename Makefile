@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 export PENGSTER_DATA_DIR ?= $(abspath ../shared/data)
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
+export NUMBA_NUM_THREADS ?= 1
 
 .PHONY: setup demo test lint docs bench bench-quick clean
 

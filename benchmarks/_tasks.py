@@ -110,9 +110,11 @@ class Study:
 
 def _pad_rows(adata: ad.AnnData, cells: pd.Index) -> ad.AnnData:
     rows = cells.get_indexer(adata.obs_names)
-    matrix = sparse.csr_matrix(adata.X)
-    coo = matrix.tocoo()
-    padded = sparse.csr_matrix((coo.data, (rows[coo.row], coo.col)), shape=(len(cells), adata.n_vars))
+    coo = sparse.csr_matrix(adata.X).tocoo()
+    # rows of adata outside `cells` (e.g. protein-only cells for TOTALVI, which embeds RNA cells) are dropped
+    inside = rows[coo.row] >= 0
+    entries = (coo.data[inside], (rows[coo.row][inside], coo.col[inside]))
+    padded = sparse.csr_matrix(entries, shape=(len(cells), adata.n_vars))
     out = ad.AnnData(X=padded.astype(np.float32), obs=pd.DataFrame(index=cells.copy()))
     out.var_names = adata.var_names
     return out

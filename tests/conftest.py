@@ -19,6 +19,15 @@ def _seed():
     scvi.settings.seed = 0
 
 
+def pytest_runtest_setup(item):
+    """One torch thread again before each test's fixtures (of any scope) are set up.
+
+    scanpy's numba-backed neighbour search resets torch's thread count, and the bit-exactness tests compare runs in
+    this process with runs in subprocesses that use one thread.
+    """
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real data (../shared/data); tests that need it skip when PENGSTER_DATA_DIR is unset."""
