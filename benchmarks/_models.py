@@ -249,7 +249,8 @@ class TotalviRunner(_ScviRunner):
         _, protein = self.model.get_normalized_expression(
             self.mdata,
             indices=self._rows(cells),
-            transform_batch=_batches_with(self.study, "protein"),
+            # batches measured with protein that TOTALVI saw (it trains on RNA cells: protein-only donors are absent)
+            transform_batch=[b for b in _batches_with(self.study, "protein") if b in set(self.mdata.obs["batch"])],
             n_samples=draws,
             include_protein_background=True,
             return_mean=False,
