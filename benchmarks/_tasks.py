@@ -80,7 +80,8 @@ class Study:
         adata = self.visible(modality)
         rows = self.counts[modality].obs_names.get_indexer(adata.obs_names)
         train = self.obs.loc[adata.obs_names, "train"].to_numpy()
-        return float(np.median(np.expm1(self.scored[modality][rows[train]]).sum(1)))
+        # nansum: in a mosaic, genes a dataset did not measure are NaN on the scored scale
+        return float(np.median(np.nansum(np.expm1(self.scored[modality][rows[train]]), axis=1)))
 
     def mudata(self, *, layout: str = "mosaic") -> md.MuData:
         """Visible counts as a MuData (counts in X).
