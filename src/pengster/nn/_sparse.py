@@ -9,6 +9,7 @@ with ``x.T`` in CSR form. Both read ``nnz x n_hidden`` weights. For that the wei
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 import torch
@@ -116,7 +117,11 @@ class _SparseMatmul(torch.autograd.Function):
         crow = torch.zeros(ctx.weight_rows + 1, dtype=torch.int64, device=x.col.device)
         crow[1:] = torch.cumsum(torch.bincount(x.col, minlength=ctx.weight_rows), 0)
         values = x.value.index_select(0, order).to(grad_out.dtype)
-        x_t = torch.sparse_csr_tensor(crow, x.row.index_select(0, order), values, (ctx.weight_rows, x.n_rows))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            x_t = torch.sparse_csr_tensor(
+                crow, x.row.index_select(0, order), values, (ctx.weight_rows, x.n_rows), check_invariants=False
+            )
         return torch.sparse.mm(x_t, grad_out.contiguous()), None
 
 
