@@ -1,4 +1,4 @@
-"""The sparse path (encoders over the nonzero counts, likelihood terms once per cell) computes what the dense path does."""
+"""The sparse path (encoders over nonzero counts, likelihood terms once per cell) computes what the dense one does."""
 
 from __future__ import annotations
 
