@@ -21,7 +21,8 @@ import torch
 from scvi.distributions import NegativeBinomial
 from torch.distributions import Distribution
 
-from ._fused import FactorBernoulli, _all_ones, _probs, reconstruction_nll
+from ._bernoulli_nll import factor_bernoulli_open_nll
+from ._fused import FactorBernoulli, _all_ones, reconstruction_nll
 from ._sparse import SparseRows
 
 NB_EPS = 1e-8
@@ -97,21 +98,16 @@ def factor_bernoulli_pair_nll(
 
     See :func:`nb_pair_nll` for the arguments; returns an array of shape ``(n_pairs,)``.
     """
-    probs = _probs(px.logits, px.region_logit, px.cell_factor)
-    log_closed = torch.log1p(-probs)
-    if mask_table is None:
-        dense = log_closed.sum(-1)
-    else:
-        dense = (log_closed * mask_table.index_select(0, panel.index_select(0, cell))).sum(-1)
     pair, entry = counts.expand(cell)
     open_ = counts.value.index_select(0, entry) > 0
     pair, entry = pair[open_], entry[open_]
     entry_col = counts.col.index_select(0, entry)
-    flat = pair * probs.shape[-1] + entry_col
-    correction = torch.log(probs.reshape(-1).index_select(0, flat)) - log_closed.reshape(-1).index_select(0, flat)
+    mask, open_mask = None, None
     if mask_table is not None:
-        correction = correction * _entry_mask(mask_table, panel.index_select(0, cell).index_select(0, pair), entry_col)
-    return -(dense + probs.new_zeros(len(cell)).index_add(0, pair, correction))
+        cell_panel = panel.index_select(0, cell)
+        mask = mask_table.index_select(0, cell_panel)
+        open_mask = _entry_mask(mask_table, cell_panel.index_select(0, pair), entry_col)
+    return factor_bernoulli_open_nll(px.logits, px.region_logit, px.cell_factor, pair, entry_col, mask, open_mask)
 
 
 def pair_nll(
@@ -149,11 +145,13 @@ def pair_nll(
     """
     panel = panel.view(-1).long()
     theta = _per_feature(px.theta) if type(px) is NegativeBinomial else None
-    if not (isinstance(px, FactorBernoulli) or theta is not None):
+    # on GPUs the fast path fuses the dense Bernoulli NLL with torch.compile instead (FactorBernoulli.compile)
+    bernoulli = isinstance(px, FactorBernoulli) and not px.compile
+    if not (bernoulli or theta is not None):
         return reconstruction_nll(px, counts[cell], mask_table, panel[cell], binarize=binarize)
     sparse_counts = SparseRows.from_dense(counts.float()) if sparse_counts is None else sparse_counts
     mask = None if _all_ones(mask_table) else mask_table
-    if isinstance(px, FactorBernoulli):
+    if bernoulli:
         return factor_bernoulli_pair_nll(px, sparse_counts, cell, mask, panel)
     return nb_pair_nll(px.mu, theta, sparse_counts, cell, mask, panel)
 

@@ -78,6 +78,26 @@ class SparseRows:
             self.n_cols,
         )
 
+    def append_columns(self, columns: torch.Tensor, n_extra: int) -> SparseRows:
+        """Add ``n_extra`` columns with a 1 in row ``i`` at each ``columns[i, j]`` (ints ``(n_rows, k)``, from 0)."""
+        n_per_row = columns.shape[1]
+        if n_per_row == 0:
+            return replace(self, n_cols=self.n_cols + n_extra)
+        device = self.col.device
+        rows = torch.arange(self.n_rows, device=device)
+        lengths = self.lengths + n_per_row
+        offsets = torch.cumsum(lengths, 0) - lengths
+        total = len(self.col) + self.n_rows * n_per_row
+        old_position = torch.arange(len(self.col), device=device) + self.row * n_per_row
+        new_position = (offsets + self.lengths).unsqueeze(-1) + torch.arange(n_per_row, device=device)
+        row = torch.empty(total, dtype=self.row.dtype, device=device)
+        col = torch.empty(total, dtype=self.col.dtype, device=device)
+        value = torch.ones(total, dtype=self.value.dtype, device=device)
+        row[old_position], col[old_position], value[old_position] = self.row, self.col, self.value
+        row[new_position.view(-1)] = rows.repeat_interleave(n_per_row)
+        col[new_position.view(-1)] = (columns.long() + self.n_cols).view(-1)
+        return SparseRows(row, col, value, offsets, lengths, self.n_rows, self.n_cols + n_extra)
+
     def expand(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Entries of the rows ``rows`` (repeats allowed): ``(position in rows, entry index)`` of every entry."""
         lengths = self.lengths.index_select(0, rows)
@@ -141,24 +161,27 @@ def first_linear(layers: FCLayers) -> nn.Linear:
 def fc_layers_sparse(layers: FCLayers, sparse_x: SparseRows, *cat_list: torch.Tensor) -> torch.Tensor:
     """:meth:`scvi.nn.FCLayers.forward` for a sparse input: the same layers, parameters and dropout draws.
 
-    The first layer's ``[x, one_hot(covariates)] @ W.T + b`` is split into the sparse product over the input columns
-    and a dense one over the one-hot columns.
+    The first layer's ``[x, one_hot(covariates)] @ W.T + b`` is one sparse product: the one-hot columns are appended
+    to the sparse rows.
     """
-    one_hot = []
+    columns, offset, one_hot = [], 0, []
     for n_cat, cat in zip(layers.n_cat_list, cat_list, strict=False):
         if n_cat > 1:
+            code = cat.argmax(-1, keepdim=True) if cat.size(1) == n_cat else cat.view(-1, 1)
             one_hot.append(cat if cat.size(1) == n_cat else F.one_hot(cat.squeeze(-1), n_cat))
+            columns.append(code.long() + offset)
+            offset += n_cat
     hidden = None
     for index, block in enumerate(layers.fc_layers):
         for layer in block:
             if layer is None:
                 continue
             if isinstance(layer, nn.Linear) and index == 0:
-                n_in = sparse_x.n_cols
-                weight = layer.weight
-                hidden = sparse_rows_matmul(sparse_x, weight[:, :n_in].t())
-                if one_hot:
-                    hidden = hidden + torch.cat(one_hot, dim=-1).to(weight.dtype) @ weight[:, n_in:].t()
+                # the one-hot covariates are more sparse columns: one product with the whole (column-major) weight
+                with_covariates = sparse_x.append_columns(
+                    torch.cat(columns, dim=-1) if columns else sparse_x.col.new_zeros(sparse_x.n_rows, 0), offset
+                )
+                hidden = sparse_rows_matmul(with_covariates, layer.weight.t())
                 if layer.bias is not None:
                     hidden = hidden + layer.bias
             elif isinstance(layer, nn.Linear) and layers.inject_into_layer(index):
