@@ -71,9 +71,10 @@ class JointVAEModule(BaseModuleClass):
         Initial log background rate per protein.
     """
 
-    use_sparse: bool = True
+    use_sparse: bool | None = None
     """RNA and ATAC encoders read the nonzero counts only, and the loss scores the data-only terms once per cell
-    (see :mod:`pengster.nn._sparse` and :mod:`pengster.nn._pair_nll`); same values as the dense path."""
+    (see :mod:`pengster.nn._sparse` and :mod:`pengster.nn._pair_nll`); same values as the dense path. None: on CPU
+    only (untimed on GPUs, where dense products are cheap); ``train(fast=False)`` sets False while it trains."""
 
     def __init__(
         self,
@@ -224,7 +225,7 @@ class JointVAEModule(BaseModuleClass):
             mean = x[modality].new_zeros(n_cells, self.n_latent)
             variance = x[modality].new_ones(n_cells, self.n_latent)
             rows = has[modality].nonzero().view(-1)
-            if rows.numel() > 0 and self._sparse(modality):
+            if rows.numel() > 0 and self._sparse(modality, panel.device):
                 qz, _ = _sparse_inputs.encode(self, modality, x, sparse_counts, panel, rows, categoricals)
             elif rows.numel() > 0:
                 mask = self.feature_mask(modality, panel[rows])
@@ -273,8 +274,8 @@ class JointVAEModule(BaseModuleClass):
             "sparse_counts": sparse_counts,
         }
 
-    def _sparse(self, modality: str) -> bool:
-        return self.use_sparse and modality in _sparse_inputs.SPARSE_INPUT_MODALITIES
+    def _sparse(self, modality: str, device: torch.device) -> bool:
+        return _sparse_inputs.enabled(self, device) and modality in _sparse_inputs.SPARSE_INPUT_MODALITIES
 
     def _cell_factor(self, x, has, panel, batch_index, cat_covs, sparse_counts=None) -> torch.Tensor | None:
         if "atac" not in self.modalities:
@@ -284,7 +285,7 @@ class JointVAEModule(BaseModuleClass):
         rows = has["atac"].nonzero().view(-1)
         if rows.numel() > 0:
             categoricals = self._encoder_categoricals(panel, batch_index, cat_covs)
-            if self._sparse("atac"):
+            if self._sparse("atac", panel.device):
                 own = _sparse_inputs.cell_factor(self, x, sparse_counts, panel, rows, categoricals)
             else:
                 mask = self.feature_mask("atac", panel[rows])
@@ -362,7 +363,7 @@ class JointVAEModule(BaseModuleClass):
                 px, _ = generative_outputs["px"][modality]
                 counts, table = tensors[REGISTRY_KEYS.counts(modality)], getattr(self, f"feature_mask_{modality}")
                 binarize = modality == "atac" and self.decoders["atac"].likelihood == "bernoulli"
-                if self.use_sparse:
+                if _sparse_inputs.enabled(self, counts.device):
                     sparse = (inference_outputs.get("sparse_counts") or {}).get(modality)
                     nll = pair_nll(px, counts, cell, table, panel, binarize=binarize, sparse_counts=sparse)
                 else:

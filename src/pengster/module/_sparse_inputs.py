@@ -61,9 +61,14 @@ def sparse_encoder_input(
     )
 
 
+def enabled(module, device: torch.device) -> bool:
+    """Whether ``module`` takes the sparse path on ``device`` (``module.use_sparse``; None: on CPU)."""
+    return device.type == "cpu" if module.use_sparse is None else bool(module.use_sparse)
+
+
 def sparse_counts(module, x: Mapping[str, torch.Tensor]) -> dict[str, SparseRows]:
     """Modality -> the minibatch's counts as :class:`SparseRows`, for the modalities with a sparse path."""
-    if not module.use_sparse:
+    if not enabled(module, next(iter(x.values())).device):
         return {}
     return {m: SparseRows.from_dense(x[m].float()) for m in SPARSE_INPUT_MODALITIES if m in module.modalities}
 
