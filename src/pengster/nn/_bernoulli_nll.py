@@ -36,7 +36,8 @@ class _FactorBernoulliNLL(torch.autograd.Function):
         if low < PROB_EPS or high > 1 - PROB_EPS:
             outside = (probs < PROB_EPS) | (probs > 1 - PROB_EPS)
         probs.clamp_(PROB_EPS, 1 - PROB_EPS)
-        log_closed = torch.log1p(-probs)
+        # in place where possible: every fresh (n_pairs x n_peaks) array costs page faults on CPU
+        log_closed = torch.neg(probs).log1p_()
         dense = (log_closed if mask is None else log_closed * mask).sum(-1)
         flat = open_pair * n_cols + open_col
         probs_open = probs.reshape(-1).index_select(0, flat)
@@ -54,7 +55,8 @@ class _FactorBernoulliNLL(torch.autograd.Function):
         sig, probs, region, cell_factor, open_pair, open_col, mask, open_mask = ctx.saved_tensors
         n_cols = probs.shape[-1]
         # M = g * mask * p / (1 - p): the gradient of -log(1 - p) times p (p = s a c, so d p = p (1-s) d logits ...)
-        scale = probs / (1.0 - probs)
+        scale = torch.rsub(probs, 1.0)
+        torch.div(probs, scale, out=scale)
         scale.mul_(grad_nll.unsqueeze(-1))
         if mask is not None:
             scale.mul_(mask)
@@ -74,7 +76,7 @@ class _FactorBernoulliNLL(torch.autograd.Function):
             row_sum = scale.sum(-1, keepdim=True)
             grad_cell = torch.where(cell_factor > 0, row_sum / cell_factor.clamp_min(1e-30), 0.0)
         if ctx.needs_input_grad[0]:
-            grad_logits = scale.mul_(1.0 - sig).to(ctx.logits_dtype)
+            grad_logits = scale.addcmul_(scale, sig, value=-1.0).to(ctx.logits_dtype)  # M (1 - s)
         return grad_logits, grad_region, grad_cell, None, None, None, None
 
 
