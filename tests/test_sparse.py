@@ -131,3 +131,19 @@ def test_module_sparse_path_equals_dense_path():
         # the bias before a batch norm has a gradient of exactly 0 in theory: compare on the scale of the weights
         tolerance = 1e-4 * max(float(grad.abs().max()), float(grads[name.replace("bias", "weight")].abs().max()))
         torch.testing.assert_close(grads_s[name], grad, rtol=1e-3, atol=tolerance, msg=name)
+
+
+def test_train_fast_uses_fused_adam_and_sparse_path_fast_false_the_dense_reference(monkeypatch):
+    mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 40}, n_genes=50, n_peaks=60, seed=1)
+    pengster.model.JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac"}, batch_key="batch")
+    model = pengster.model.JointVAE(mdata, n_hidden=16, n_latent=4)
+    calls = []
+    original = pengster.nn._sparse.encoder_sparse
+    monkeypatch.setattr("pengster.module._sparse_inputs.encoder_sparse", lambda *a: calls.append(1) or original(*a))
+    for fast in (True, False):
+        calls.clear()
+        model.train(max_epochs=1, fast=fast, accelerator="cpu", enable_progress_bar=False, early_stopping=False)
+        optimizer = model.trainer.optimizers[0]
+        assert optimizer.defaults["fused"] is (True if fast else None)
+        assert bool(calls) is fast  # the sparse encoders ran only on the fast path
+        assert model.module.use_sparse is None  # the switch is restored after training
