@@ -10,8 +10,10 @@ from scvi.nn import Encoder
 
 import pengster
 from pengster.model._device_loader import loader_from_manager
-from pengster.nn import FactorBernoulli, SparseRows, column_major_, encoder_sparse, first_linear, pair_nll
+from pengster.nn import FactorBernoulli
 from pengster.nn._fused import reconstruction_nll
+from pengster.nn._pair_nll import pair_nll
+from pengster.nn._sparse import SparseRows, column_major_, encoder_sparse, first_linear
 
 
 def _sparse_counts(n_rows=12, n_cols=40, density=0.2, seed=0) -> torch.Tensor:

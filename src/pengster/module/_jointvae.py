@@ -20,12 +20,12 @@ from pengster.nn import (
     ProjectionHead,
     ProteinDecoder,
     RNADecoder,
-    pair_nll,
     product_of_experts,
     reconstruction_nll,
     symmetric_info_nce,
 )
 from pengster.nn._fused import _all_ones
+from pengster.nn._pair_nll import pair_nll
 
 from . import _sparse_inputs
 from ._inputs import ENCODER_INPUTS, RNA_TARGET_SUM, clr

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 import torch
 from torch.distributions import Normal
 
-from pengster.nn import SparseRows, column_major_, encoder_sparse, fc_layers_sparse, first_linear
 from pengster.nn._fused import _all_ones
+from pengster.nn._sparse import SparseRows, column_major_, encoder_sparse, fc_layers_sparse, first_linear
 
 from ._inputs import RNA_TARGET_SUM
 
