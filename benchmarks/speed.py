@@ -82,8 +82,10 @@ def _epoch_timer(monitor: Monitor):
     class EpochTimer(pl.Callback):
         def __init__(self):
             self.times: list[float] = []
+            self.cpu_times: list[float] = []
             self.cells: list[int] = []
             self._start = 0.0
+            self._cpu_start = 0.0
 
         def _sync(self):
             if torch.cuda.is_available():
@@ -92,6 +94,7 @@ def _epoch_timer(monitor: Monitor):
         def on_train_epoch_start(self, trainer, module):
             self._sync()
             self._start = time.perf_counter()
+            self._cpu_start = time.process_time()
             self.cells.append(0)
             monitor.active = trainer.current_epoch > 0
 
@@ -101,6 +104,7 @@ def _epoch_timer(monitor: Monitor):
         def on_train_epoch_end(self, trainer, module):
             self._sync()
             self.times.append(time.perf_counter() - self._start)
+            self.cpu_times.append(time.process_time() - self._cpu_start)
             monitor.active = False
 
     return EpochTimer()
@@ -171,6 +175,7 @@ def run_one(spec: dict) -> dict:
         raise ValueError(f"unknown method {method!r}")
     monitor.stop()
     timed = timer.times[1:] or timer.times
+    cpu_timed = timer.cpu_times[1:] or timer.cpu_times
     n_train = timer.cells[-1]
     peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     return {
@@ -185,6 +190,9 @@ def run_one(spec: dict) -> dict:
         "n_train": n_train,
         "seconds_per_epoch": round(float(np.median(timed)), 3),
         "epoch_seconds": [round(t, 3) for t in timer.times],
+        # CPU seconds of this process: on a shared machine, the work done, not the share of the cores it got
+        "cells_per_cpu_s": round(n_train / float(np.median(cpu_timed)), 1),
+        "epoch_cpu_seconds": [round(t, 3) for t in timer.cpu_times],
         "gpu_util": round(float(np.mean(monitor.util)), 1) if monitor.util else None,
         "peak_rss_mb": round(max(monitor.peak_rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20),
         "peak_gpu_mb": None if peak_gpu is None else round(peak_gpu),
@@ -271,28 +279,40 @@ def plan(preset: str, hardware: str, threads: int, epochs: int, h5mu_dir: str) -
 
 
 def markdown(records: list[dict]) -> str:
-    """Markdown table of the records, with the pengster/MULTIVI (or TOTALVI) ratio of each setting."""
+    """Markdown table of the records, with the pengster/MULTIVI (or TOTALVI) ratio of each setting.
+
+    On CPU the ratio is given for wall time and for CPU time (cells per CPU second of the training process): on a
+    shared machine the second measures the work each method needs, whatever share of the cores it got.
+    """
     lines = [
         "| hardware | dataset | cells | peaks | method | variant | batch | cells/s | s/epoch | GPU util % | "
-        "peak RSS MB | peak GPU MB | pengster / peer |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "peak RSS MB | peak GPU MB | pengster / peer | cells/CPU-s | pengster / peer (CPU time) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         peers = [
-            p["cells_per_s"]
+            p
             for p in records
             if p["method"] in ("multivi", "totalvi")
             and (p["hardware"], p["dataset"], p["n_cells"], p["n_peaks"])
             == (r["hardware"], r["dataset"], r["n_cells"], r["n_peaks"])
             and (r["hardware"] != "cpu-2core" or p["batch_size"] == r["batch_size"])
         ]
-        ratio = f"{r['cells_per_s'] / max(peers):.1f}x" if r["method"] == "pengster" and peers else ""
+        is_pengster = r["method"] == "pengster" and peers
+        ratio = f"{r['cells_per_s'] / max(p['cells_per_s'] for p in peers):.1f}x" if is_pengster else ""
+        cpu_peers = [p["cells_per_cpu_s"] for p in peers if p.get("cells_per_cpu_s")]
+        cpu_ratio = (
+            f"{r['cells_per_cpu_s'] / max(cpu_peers):.2f}x"
+            if is_pengster and cpu_peers and r.get("cells_per_cpu_s")
+            else ""
+        )
         lines.append(
             f"| {r['hardware']} | {r['dataset']} | {r['n_cells']:,} | {r['n_peaks']:,} | {r['method']} | "
             f"{r.get('variant', '')} | {r['batch_size']} | {r['cells_per_s']:,.0f} | "
             f"{r.get('seconds_per_epoch', '')} | "
             f"{'' if r['gpu_util'] is None else r['gpu_util']} | {r['peak_rss_mb']:,} | "
-            f"{'' if r['peak_gpu_mb'] is None else format(r['peak_gpu_mb'], ',')} | {ratio} |"
+            f"{'' if r['peak_gpu_mb'] is None else format(r['peak_gpu_mb'], ',')} | {ratio} | "
+            f"{format(r['cells_per_cpu_s'], ',.0f') if r.get('cells_per_cpu_s') else ''} | {cpu_ratio} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -265,8 +265,9 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         fast
             Minibatches gathered on the training device from the CSR matrices (the whole matrix on the GPU when it
             fits, else read in contiguous chunks in shuffled order, also from a backed h5mu), TF32 matrix
-            products and a compiled ATAC likelihood on GPUs (float32 throughout; bf16 is not used).
-            False: scvi-tools' loader and minibatches of 256.
+            products and a compiled ATAC likelihood on GPUs (float32 throughout; bf16 is not used), fused Adam; on
+            CPU the RNA/ATAC encoders read only the nonzero counts (same values, see ``JointVAEModule.use_sparse``).
+            False: scvi-tools' loader, minibatches of 256 and the dense reference computation.
         data_on_device
             Keep the whole count matrices on the device (True), read them in chunks (False), or decide from the
             free GPU memory (None).
@@ -298,7 +299,7 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         )
         kwargs["callbacks"] = _callbacks.training_callbacks(self, checkpoint_dir, kwargs.get("callbacks"))
         with (
-            _speed.fast_context(fast, accelerator=kwargs.get("accelerator", "auto")),
+            _speed.fast_context(fast, accelerator=kwargs.get("accelerator", "auto"), module=self.module),
             _callbacks.training_guard(checkpoint_dir, kwargs["callbacks"]),
         ):
             return super().train(

@@ -66,6 +66,7 @@ def speed_options(
             plan_kwargs.setdefault("lr", scaled_lr(batch_size))
     trainer_kwargs = dict(trainer_kwargs)
     if fast:
+        plan_kwargs.setdefault("fused_optimizer", True)
         splitter = dict(trainer_kwargs.pop("datasplitter_kwargs", None) or {})
         loader = {"resident": data_on_device, "chunk_cells": chunk_cells, "binary_keys": binary_keys}
         splitter.setdefault("device_loader", loader)
@@ -74,15 +75,19 @@ def speed_options(
 
 
 @contextlib.contextmanager
-def fast_context(enabled: bool, *, accelerator: str | None) -> Iterator[None]:
+def fast_context(enabled: bool, *, accelerator: str | None, module=None) -> Iterator[None]:
     """While training on a GPU with ``enabled``: TF32 matrix products and the compiled ATAC likelihood.
 
-    Both are process-wide switches, restored afterwards.
+    Both are process-wide switches, restored afterwards. Without ``enabled``, ``module`` (a
+    :class:`~pengster.module.JointVAEModule`) trains on its dense reference path (``use_sparse = False``).
     """
     from pengster.nn import FactorBernoulli
 
     on_gpu = enabled and _on_cuda(accelerator)
     previous = torch.get_float32_matmul_precision(), FactorBernoulli.compile
+    previous_sparse = getattr(module, "use_sparse", None)
+    if module is not None and not enabled:
+        module.use_sparse = False
     if on_gpu:
         torch.set_float32_matmul_precision("high")
         FactorBernoulli.compile = True
@@ -91,3 +96,5 @@ def fast_context(enabled: bool, *, accelerator: str | None) -> Iterator[None]:
     finally:
         torch.set_float32_matmul_precision(previous[0])
         FactorBernoulli.compile = previous[1]
+        if module is not None and not enabled:
+            module.use_sparse = previous_sparse

@@ -25,7 +25,10 @@ from pengster.nn import (
     reconstruction_nll,
     symmetric_info_nce,
 )
+from pengster.nn._fused import _all_ones
+from pengster.nn._pair_nll import pair_nll
 
+from . import _sparse_inputs
 from ._bridge import alignment_kl, shared_genes
 from ._inputs import ENCODER_INPUTS, RNA_TARGET_SUM, clr, rna_encoder_input
 
@@ -75,6 +78,11 @@ class JointVAEModule(BaseModuleClass):
     protein_background_init
         Initial log background rate per protein.
     """
+
+    use_sparse: bool | None = None
+    """RNA and ATAC encoders read the nonzero counts only, and the loss scores the data-only terms once per cell
+    (see :mod:`pengster.nn._sparse` and :mod:`pengster.nn._pair_nll`); same values as the dense path. None: on CPU
+    only (untimed on GPUs, where dense products are cheap); ``train(fast=False)`` sets False while it trains."""
 
     def __init__(
         self,
@@ -170,11 +178,15 @@ class JointVAEModule(BaseModuleClass):
         self.decoders = nn.ModuleDict(decoders)
         self.projection_heads = nn.ModuleDict({modality: ProjectionHead(n_latent) for modality in self.modalities})
         self.logit_scale = LogitScale(temperature, learnable=learn_temperature)
+        _sparse_inputs.column_major_first_layers(self)
 
     # ----------------------------------------------------------------------------------------- helpers
     def feature_mask(self, modality: str, panel: torch.Tensor) -> torch.Tensor:
-        """Per-cell feature mask of shape ``(n_cells, n_features)``."""
-        return getattr(self, f"feature_mask_{modality}")[panel.view(-1).long()]
+        """Per-cell feature mask of shape ``(n_cells, n_features)`` (a broadcast view when all were measured)."""
+        table = getattr(self, f"feature_mask_{modality}")
+        if _all_ones(table):
+            return table[:1].expand(panel.shape[0], -1)
+        return table[panel.view(-1).long()]
 
     def _categoricals(self, batch_index: torch.Tensor, cat_covs: torch.Tensor | None) -> list[torch.Tensor]:
         covs = [] if cat_covs is None else list(torch.split(cat_covs, 1, dim=1))
@@ -232,6 +244,7 @@ class JointVAEModule(BaseModuleClass):
         batch_index: torch.Tensor,
         cat_covs: torch.Tensor | None,
         panel: torch.Tensor,
+        sparse_counts: Mapping | None = None,
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Each modality's expert ``(mean, variance)`` of shape ``(n_cells, n_latent)``; rows without it are 0/1."""
         categoricals = self._encoder_categoricals(panel, batch_index, cat_covs)
@@ -241,10 +254,13 @@ class JointVAEModule(BaseModuleClass):
             mean = x[modality].new_zeros(n_cells, self.n_latent)
             variance = x[modality].new_ones(n_cells, self.n_latent)
             rows = has[modality].nonzero().view(-1)
-            if rows.numel() > 0:
+            if rows.numel() > 0 and self._sparse(modality, panel.device):
+                qz, _ = _sparse_inputs.encode(self, modality, x, sparse_counts, panel, rows, categoricals)
+            elif rows.numel() > 0:
                 mask = self.feature_mask(modality, panel[rows])
                 encoder_input = ENCODER_INPUTS[modality](x[modality][rows].float(), mask)
                 qz, _ = self.encoders[modality](encoder_input, *[c[rows] for c in categoricals])
+            if rows.numel() > 0:
                 mean = mean.index_copy(0, rows, qz.loc)
                 variance = variance.index_copy(0, rows, qz.scale.pow(2))
             experts[modality] = (mean, variance)
@@ -265,13 +281,18 @@ class JointVAEModule(BaseModuleClass):
     @auto_move_data
     def inference(self, x, has, batch_index, cat_covs, panel) -> dict:
         """Encode, fuse, and sample one ``z`` per posterior: the joint one, then each modality's own."""
-        experts = self.experts(x, has, batch_index, cat_covs, panel)
+        sparse_counts = _sparse_inputs.sparse_counts(self, x)
+        experts = self.experts(x, has, batch_index, cat_covs, panel, sparse_counts)
         posteriors = [self.fuse(experts, has)] + [self.fuse(experts, has, [m]) for m in self.modalities]
         if self.bridge_weight > 0:
             posteriors.append(self._bridge_posterior(x["rna"], has["rna"], panel))
         qz = Normal(torch.stack([q.loc for q in posteriors]), torch.stack([q.scale for q in posteriors]))
         library = {}
         for modality in self.modalities:
+            if modality in sparse_counts:
+                table = getattr(self, f"feature_mask_{modality}")
+                library[modality] = _sparse_inputs.library_size(sparse_counts[modality], table, panel)
+                continue
             mask = self.feature_mask(modality, panel)
             library[modality] = (x[modality].float() * mask).sum(-1, keepdim=True).clamp_min(1.0)
         return {
@@ -280,7 +301,8 @@ class JointVAEModule(BaseModuleClass):
             "experts": experts,
             "has": has,
             "library": library,
-            "cell_factor": self._cell_factor(x, has, panel, batch_index, cat_covs),
+            "cell_factor": self._cell_factor(x, has, panel, batch_index, cat_covs, sparse_counts),
+            "sparse_counts": sparse_counts,
         }
 
     def _bridge_posterior(self, x_rna: torch.Tensor, has_rna: torch.Tensor, panel: torch.Tensor) -> Normal:
@@ -296,7 +318,10 @@ class JointVAEModule(BaseModuleClass):
             variance = variance.index_copy(0, rows, qz.scale.pow(2))
         return product_of_experts([mean], [variance], [has_rna.float()])
 
-    def _cell_factor(self, x, has, panel, batch_index, cat_covs) -> torch.Tensor | None:
+    def _sparse(self, modality: str, device: torch.device) -> bool:
+        return _sparse_inputs.enabled(self, device) and modality in _sparse_inputs.SPARSE_INPUT_MODALITIES
+
+    def _cell_factor(self, x, has, panel, batch_index, cat_covs, sparse_counts=None) -> torch.Tensor | None:
         if "atac" not in self.modalities:
             return None
         n_cells = panel.shape[0]
@@ -304,10 +329,13 @@ class JointVAEModule(BaseModuleClass):
         rows = has["atac"].nonzero().view(-1)
         if rows.numel() > 0:
             categoricals = self._encoder_categoricals(panel, batch_index, cat_covs)
-            mask = self.feature_mask("atac", panel[rows])
-            own = self.cell_factor_encoder(
-                ENCODER_INPUTS["atac"](x["atac"][rows].float(), mask), *[c[rows] for c in categoricals]
-            )
+            if self._sparse("atac", panel.device):
+                own = _sparse_inputs.cell_factor(self, x, sparse_counts, panel, rows, categoricals)
+            else:
+                mask = self.feature_mask("atac", panel[rows])
+                own = self.cell_factor_encoder(
+                    ENCODER_INPUTS["atac"](x["atac"][rows].float(), mask), *[c[rows] for c in categoricals]
+                )
             if self.training and not self.freeze_running_stats:
                 with torch.no_grad():
                     self.atac_cell_factor_mean.lerp_(own.mean(), 0.01)
@@ -377,13 +405,13 @@ class JointVAEModule(BaseModuleClass):
             joint_nll = qz.loc.new_zeros(n_cells)
             if cell.numel() > 0:
                 px, _ = generative_outputs["px"][modality]
-                nll = reconstruction_nll(
-                    px,
-                    tensors[REGISTRY_KEYS.counts(modality)][cell],
-                    getattr(self, f"feature_mask_{modality}"),
-                    panel[cell],
-                    binarize=modality == "atac" and self.decoders["atac"].likelihood == "bernoulli",
-                )
+                counts, table = tensors[REGISTRY_KEYS.counts(modality)], getattr(self, f"feature_mask_{modality}")
+                binarize = modality == "atac" and self.decoders["atac"].likelihood == "bernoulli"
+                if _sparse_inputs.enabled(self, counts.device):
+                    sparse = (inference_outputs.get("sparse_counts") or {}).get(modality)
+                    nll = pair_nll(px, counts, cell, table, panel, binarize=binarize, sparse_counts=sparse)
+                else:
+                    nll = reconstruction_nll(px, counts[cell], table, panel[cell], binarize=binarize)
                 total_nll = total_nll.index_add(0, posterior * n_cells + cell, nll)
                 is_joint = posterior == 0
                 joint_nll = joint_nll.index_add(0, cell[is_joint], nll[is_joint])

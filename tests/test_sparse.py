@@ -1,0 +1,151 @@
+"""The sparse path (encoders over nonzero counts, likelihood terms once per cell) computes what the dense one does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scvi.distributions import NegativeBinomial
+from scvi.nn import Encoder
+
+import pengster
+from pengster.model._device_loader import loader_from_manager
+from pengster.nn import FactorBernoulli
+from pengster.nn._fused import reconstruction_nll
+from pengster.nn._pair_nll import pair_nll
+from pengster.nn._sparse import SparseRows, column_major_, encoder_sparse, first_linear
+
+
+def _sparse_counts(n_rows=12, n_cols=40, density=0.2, seed=0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randint(1, 6, (n_rows, n_cols), generator=generator).float()
+    counts = values * (torch.rand(n_rows, n_cols, generator=generator) < density)
+    counts[3] = 0.0  # a cell without any count
+    return counts
+
+
+def test_sparse_rows_round_trip_select_and_expand():
+    dense = _sparse_counts()
+    rows = SparseRows.from_dense(dense)
+    torch.testing.assert_close(rows.to_dense(), dense)
+    picked = torch.tensor([5, 3, 5, 0])
+    torch.testing.assert_close(rows.select(picked).to_dense(), dense[picked])
+    position, entry = rows.expand(picked)
+    rebuilt = torch.zeros(len(picked), dense.shape[1])
+    rebuilt[position, rows.col[entry]] = rows.value[entry]
+    torch.testing.assert_close(rebuilt, dense[picked])
+
+
+@pytest.mark.parametrize("n_batch", [1, 3])
+def test_sparse_encoder_equals_dense_encoder_with_gradients(n_batch):
+    torch.manual_seed(0)
+    x = torch.log1p(_sparse_counts(n_rows=16, n_cols=60))
+    batch = torch.randint(0, n_batch, (16, 1))
+    encoder = Encoder(60, 5, n_cat_list=[n_batch], n_hidden=32, dropout_rate=0.2, return_dist=True)
+    column_major_(first_linear(encoder.encoder))
+    assert first_linear(encoder.encoder).weight.t().is_contiguous()
+    results = []
+    for sparse in (False, True):
+        encoder.zero_grad()
+        torch.manual_seed(1)  # the same dropout draws and latent sample
+        if sparse:
+            qz, z = encoder_sparse(encoder, SparseRows.from_dense(x), batch)
+        else:
+            qz, z = encoder(x, batch)
+        (qz.loc.square().sum() + qz.scale.sum() + z.sum()).backward()
+        results.append((qz.loc.detach(), qz.scale.detach(), z.detach(), [p.grad.clone() for p in encoder.parameters()]))
+    (loc, scale, z, grads), (loc_s, scale_s, z_s, grads_s) = results
+    torch.testing.assert_close(loc_s, loc)
+    torch.testing.assert_close(scale_s, scale)
+    torch.testing.assert_close(z_s, z)
+    for grad, grad_s in zip(grads, grads_s, strict=True):
+        torch.testing.assert_close(grad_s, grad, rtol=1e-4, atol=1e-5)
+
+
+def _mask_table(n_cols: int, partial: bool) -> torch.Tensor:
+    table = torch.ones(2, n_cols)
+    if partial:
+        table[1, ::3] = 0.0  # panel 1 did not measure every third feature
+    return table
+
+
+@pytest.mark.parametrize("partial", [False, True])
+@pytest.mark.parametrize("likelihood", ["nb", "bernoulli"])
+def test_pair_nll_equals_log_prob_of_repeated_rows(likelihood, partial):
+    torch.manual_seed(0)
+    counts = _sparse_counts(n_rows=10, n_cols=30)
+    panel = torch.tensor([0, 1] * 5)
+    cell = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 5, 5, 9])  # cells decoded from several posteriors
+    table = _mask_table(30, partial)
+    first = torch.randn(len(cell), 30, requires_grad=True)
+    second = torch.randn(30, requires_grad=True)
+    third = torch.rand(len(cell), 1, requires_grad=True)
+    if likelihood == "bernoulli":  # probabilities below 1e-6 and at 1: the clamp's zero gradient
+        first.data[:, :4] = -40.0
+        first.data[0, 5], second.data[5], third.data[0] = 40.0, 40.0, 1.0
+
+    def distribution():
+        if likelihood == "nb":
+            return NegativeBinomial(mu=first.exp() * 5.0, theta=second.exp())
+        return FactorBernoulli(first, second, third)
+
+    reference = reconstruction_nll(distribution(), counts[cell], table, panel[cell], binarize=likelihood != "nb")
+    fast = pair_nll(distribution(), counts, cell, table, panel, binarize=likelihood != "nb")
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-4)
+    weights = torch.rand(len(cell))
+    inputs = (first, second) if likelihood == "nb" else (first, second, third)
+    grads = [torch.autograd.grad((nll * weights).sum(), inputs) for nll in (reference, fast)]
+    for grad, grad_fast in zip(*grads, strict=True):
+        torch.testing.assert_close(grad_fast, grad, rtol=1e-4, atol=1e-5)
+
+
+def test_module_sparse_path_equals_dense_path():
+    mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 60, "cite": 40}, gene_overlap=0.8, seed=2)
+    mdata.mod["atac"] = mdata.mod["atac"][:, np.asarray(mdata.mod["atac"].X.sum(0)).ravel() > 0].copy()
+    pengster.model.JointVAE.setup_mudata(
+        mdata, modalities={"rna": "rna", "atac": "atac", "protein": "prot"}, batch_key="batch"
+    )
+    model = pengster.model.JointVAE(mdata, n_hidden=32, n_latent=6)
+    assert not bool((model.module.feature_mask_rna == 1).all())  # the masks are exercised
+    module = model.module.train()
+    loader = loader_from_manager(
+        model.adata_manager, indices=np.arange(100), strata=np.zeros(100), batch_size=100, device="cpu",
+        binary_keys=("x_atac",),
+    )  # fmt: skip
+    tensors = next(iter(loader))
+    results = {}
+    state = {key: value.clone() for key, value in module.state_dict().items()}
+    for sparse in (False, True):
+        module.load_state_dict(state)  # training moves the running mean of the cell factor
+        module.use_sparse = sparse
+        module.zero_grad()
+        torch.manual_seed(0)
+        inference, _, loss = module(tensors, loss_kwargs={"kl_weight": 0.5})
+        loss.loss.backward()
+        grads = {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
+        results[sparse] = (loss.loss.detach(), inference["z"].detach(), inference["cell_factor"].detach(), grads)
+    (loss, z, factor, grads), (loss_s, z_s, factor_s, grads_s) = results[False], results[True]
+    torch.testing.assert_close(loss_s, loss, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(z_s, z)
+    torch.testing.assert_close(factor_s, factor)
+    assert grads_s.keys() == grads.keys()
+    for name, grad in grads.items():
+        # the bias before a batch norm has a gradient of exactly 0 in theory: compare on the scale of the weights
+        tolerance = 1e-4 * max(float(grad.abs().max()), float(grads[name.replace("bias", "weight")].abs().max()))
+        torch.testing.assert_close(grads_s[name], grad, rtol=1e-3, atol=tolerance, msg=name)
+
+
+def test_train_fast_uses_fused_adam_and_sparse_path_fast_false_the_dense_reference(monkeypatch):
+    mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 40}, n_genes=50, n_peaks=60, seed=1)
+    pengster.model.JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac"}, batch_key="batch")
+    model = pengster.model.JointVAE(mdata, n_hidden=16, n_latent=4)
+    calls = []
+    original = pengster.nn._sparse.encoder_sparse
+    monkeypatch.setattr("pengster.module._sparse_inputs.encoder_sparse", lambda *a: calls.append(1) or original(*a))
+    for fast in (True, False):
+        calls.clear()
+        model.train(max_epochs=1, fast=fast, accelerator="cpu", enable_progress_bar=False, early_stopping=False)
+        optimizer = model.trainer.optimizers[0]
+        assert optimizer.defaults["fused"] is (True if fast else None)
+        assert bool(calls) is fast  # the sparse encoders ran only on the fast path
+        assert model.module.use_sparse is None  # the switch is restored after training
