@@ -58,6 +58,9 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         Initial InfoNCE temperature.
     learn_temperature
         Learn the temperature.
+    predict_cell_factor
+        When ATAC is predicted for a cell, predict its ATAC cell factor (accessibility depth) from the depth of the
+        source modalities instead of using the mean factor.
 
     Examples
     --------
@@ -87,6 +90,7 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         contrastive_weight: float = 1.0,
         temperature: float = 0.1,
         learn_temperature: bool = True,
+        predict_cell_factor: bool = True,
     ):
         prepared = self._store.get(mdata)
         if prepared is None:
@@ -113,6 +117,7 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             contrastive_weight=contrastive_weight,
             temperature=temperature,
             learn_temperature=learn_temperature,
+            predict_cell_factor=predict_cell_factor,
             protein_background_init=None if background is None else torch.as_tensor(background),
         )
         self._model_summary_string = (
@@ -526,7 +531,10 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             has = {m: h.to(self.device) for m, h in inputs["has"].items()}
             qz = self.module.fuse(experts, has, sources)
             z = qz.loc.unsqueeze(0) if n_samples == 1 else qz.sample((n_samples,))
-            values = self._decode_scaled(target, z, tensors, denoised=False)
+            cell_factor = (
+                self.module.source_cell_factor(inputs["x"], has, inputs["panel"], sources) if target == "atac" else None
+            )
+            values = self._decode_scaled(target, z, tensors, denoised=False, cell_factor=cell_factor)
             available = sum(has[m] for m in sources) > 0
             mean = torch.where(available.unsqueeze(-1), values.mean(0), torch.nan)
             std = torch.where(available.unsqueeze(-1), values.std(0, unbiased=False), torch.nan)

@@ -16,6 +16,7 @@ from pengster._constants import REGISTRY_KEYS
 from pengster.nn import (
     ATACDecoder,
     CellFactorEncoder,
+    CellFactorPredictor,
     LogitScale,
     ProjectionHead,
     ProteinDecoder,
@@ -66,6 +67,9 @@ class JointVAEModule(BaseModuleClass):
         Initial InfoNCE temperature and whether it is learned.
     protein_background_init
         Initial log background rate per protein.
+    predict_cell_factor
+        Predict the ATAC cell factor of cells without ATAC from the depth of their other modalities (see
+        :class:`~pengster.nn.CellFactorPredictor`); False decodes them with the mean factor.
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class JointVAEModule(BaseModuleClass):
         temperature: float = 0.1,
         learn_temperature: bool = True,
         protein_background_init: torch.Tensor | None = None,
+        predict_cell_factor: bool = True,
     ):
         super().__init__()
         self.modalities = tuple(n_features)
@@ -133,6 +138,10 @@ class JointVAEModule(BaseModuleClass):
                 n_latent, n_features["atac"], decoder_cats, n_hidden=n_hidden, likelihood=atac_likelihood
             )
             self.cell_factor_encoder = CellFactorEncoder(n_features["atac"], encoder_cats)
+        others = tuple(m for m in self.modalities if m != "atac")
+        self.depth_sources = others if predict_cell_factor and "atac" in n_features else ()
+        if self.depth_sources:
+            self.cell_factor_predictor = CellFactorPredictor(len(self.depth_sources))
         if "protein" in n_features:
             decoders["protein"] = ProteinDecoder(
                 n_latent,
@@ -239,10 +248,7 @@ class JointVAEModule(BaseModuleClass):
         experts = self.experts(x, has, batch_index, cat_covs, panel)
         posteriors = [self.fuse(experts, has)] + [self.fuse(experts, has, [m]) for m in self.modalities]
         qz = Normal(torch.stack([q.loc for q in posteriors]), torch.stack([q.scale for q in posteriors]))
-        library = {}
-        for modality in self.modalities:
-            mask = self.feature_mask(modality, panel)
-            library[modality] = (x[modality].float() * mask).sum(-1, keepdim=True).clamp_min(1.0)
+        library = self.libraries(x, panel)
         return {
             "qz": qz,
             "z": qz.rsample(),
@@ -251,6 +257,38 @@ class JointVAEModule(BaseModuleClass):
             "library": library,
             "cell_factor": self._cell_factor(x, has, panel, batch_index, cat_covs),
         }
+
+    def libraries(self, x: Mapping[str, torch.Tensor], panel: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Modality -> total counts over the measured features, shape ``(n_cells, 1)``, at least 1."""
+        return {
+            modality: (x[modality].float() * self.feature_mask(modality, panel)).sum(-1, keepdim=True).clamp_min(1.0)
+            for modality in self.modalities
+        }
+
+    def _depth_inputs(self, library, has, use) -> tuple[torch.Tensor, torch.Tensor]:
+        log_library = torch.cat([library[m].log() for m in self.depth_sources], -1)
+        present = torch.stack([has[m].float() * float(m in use) for m in self.depth_sources], -1)
+        return log_library, present
+
+    @auto_move_data
+    def source_cell_factor(self, x, has, panel, sources: Sequence[str]) -> torch.Tensor:
+        """ATAC cell factor ``(n_cells, 1)`` for decoding ATAC from ``sources``: predicted from their depth.
+
+        The mean factor when the module does not predict it (``predict_cell_factor=False``).
+        """
+        if not self.depth_sources:
+            return self.atac_cell_factor_mean.expand(panel.shape[0], 1)
+        inputs = self._depth_inputs(self.libraries(x, panel), has, sources)
+        return torch.sigmoid(self.cell_factor_predictor(*inputs))
+
+    def _fit_cell_factor_predictor(self, inference_outputs) -> None:
+        if not self.depth_sources or not self.training or self.freeze_running_stats:
+            return
+        has = inference_outputs["has"]
+        log_library, present = self._depth_inputs(inference_outputs["library"], has, self.depth_sources)
+        rows = ((has["atac"] > 0) & (present.sum(-1) > 0)).nonzero().view(-1)
+        if rows.numel() > 0:
+            self.cell_factor_predictor.update(log_library[rows], present[rows], inference_outputs["cell_factor"][rows])
 
     def _cell_factor(self, x, has, panel, batch_index, cat_covs) -> torch.Tensor | None:
         if "atac" not in self.modalities:
@@ -354,6 +392,8 @@ class JointVAEModule(BaseModuleClass):
         per_cell = (weights * (total_nll + kl_weight * kl)).sum(0)
 
         contrastive = self._contrastive(inference_outputs["experts"], has)
+        # a closed-form regression on observed depths and the encoded factors: no term of the loss
+        self._fit_cell_factor_predictor(inference_outputs)
         loss = per_cell.mean() + self.contrastive_weight * contrastive
         return LossOutput(
             loss=loss,

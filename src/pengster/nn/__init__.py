@@ -1,5 +1,6 @@
 """Reusable layers: decoders, fusion of experts, contrastive heads."""
 
+from ._cell_factor import CellFactorPredictor
 from ._contrastive import LogitScale, ProjectionHead, symmetric_info_nce
 from ._decoders import ATACDecoder, CellFactorEncoder, ProteinDecoder, RNADecoder, masked_normalize
 from ._fused import FactorBernoulli, factor_bernoulli_nll, reconstruction_nll
@@ -8,6 +9,7 @@ from ._fusion import product_of_experts
 __all__ = [
     "ATACDecoder",
     "CellFactorEncoder",
+    "CellFactorPredictor",
     "FactorBernoulli",
     "LogitScale",
     "ProjectionHead",
