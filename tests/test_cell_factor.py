@@ -107,3 +107,18 @@ def test_predictor_changes_only_the_atac_prediction(depth_mosaic, model_on, mode
     )
     # without the predictor, depth reaches the ATAC prediction only through the latent, far more weakly
     assert _depth_correlation(model_off, depth_mosaic) < _depth_correlation(model_on, depth_mosaic) - 0.3
+
+
+def test_model_saved_without_predictor_loads_and_uses_mean_factor(depth_mosaic, model_off):
+    # a model saved before the option existed: the weights of model_off under model_on's (default) arguments
+    state = model_off.module.state_dict()
+    model_on_copy = JointVAE(depth_mosaic, n_latent=6, n_hidden=32)
+    model_on_copy.module.load_state_dict(state)
+    model_on_copy.module.eval()
+    model_on_copy.is_trained_ = True
+    assert not model_on_copy.module.cell_factor_predictor.fitted
+    np.testing.assert_allclose(
+        model_on_copy.predict(target="atac", source="rna").to_numpy(),
+        model_off.predict(target="atac", source="rna").to_numpy(),
+        rtol=1e-6,
+    )

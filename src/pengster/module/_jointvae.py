@@ -274,9 +274,10 @@ class JointVAEModule(BaseModuleClass):
     def source_cell_factor(self, x, has, panel, sources: Sequence[str]) -> torch.Tensor:
         """ATAC cell factor ``(n_cells, 1)`` for decoding ATAC from ``sources``: predicted from their depth.
 
-        The mean factor when the module does not predict it (``predict_cell_factor=False``).
+        The mean factor when the module does not predict it (``predict_cell_factor=False``, or a model saved before
+        the predictor existed).
         """
-        if not self.depth_sources:
+        if not self.depth_sources or not self.cell_factor_predictor.fitted:
             return self.atac_cell_factor_mean.expand(panel.shape[0], 1)
         inputs = self._depth_inputs(self.libraries(x, panel), has, sources)
         return torch.sigmoid(self.cell_factor_predictor(*inputs))

@@ -35,6 +35,17 @@ class CellFactorPredictor(nn.Module):
         self.register_buffer("moment_xy", torch.zeros(n_features, dtype=torch.float64))
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.float64))
 
+    @property
+    def fitted(self) -> bool:
+        """Whether any minibatch has been folded in."""
+        return bool(self.n_updates.item() > 0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a model saved before the predictor existed loads with it unfitted (and decodes with the mean factor)
+        for name, buffer in self._buffers.items():
+            state_dict.setdefault(prefix + name, buffer)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _raw(self, log_library: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         ones = torch.ones_like(present[:, :1])
         return torch.cat([log_library * present, present, ones], -1).double()
@@ -63,7 +74,7 @@ class CellFactorPredictor(nn.Module):
 
         A modality a cell lacks contributes nothing; a cell with none gets the intercept (the mean logit).
         """
-        if self.n_updates.item() == 0:
+        if not self.fitted:
             return log_library.new_zeros(log_library.shape[0], 1)
         centred = self._raw(log_library, present) @ self._centring().T
         return (centred @ self.coefficients()).unsqueeze(-1).to(log_library.dtype)
