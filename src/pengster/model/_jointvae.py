@@ -239,8 +239,9 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             Passes over the data (default: scvi-tools' heuristic from the number of cells).
         batch_size
             Cells per minibatch. Default: 256 up to 25k cells, doubling with the data above that (at most 2048),
-            see ``pengster.model._speed.auto_batch_size``; with ``fast`` and this automatic size the learning
-            rate grows with the square root of the minibatch unless ``plan_kwargs`` sets ``lr``.
+            see ``pengster.model._speed.auto_batch_size``. The learning rate is 3e-3 (chosen on a validation
+            split, ``benchmarks/results/tune.md``); with ``fast`` and the automatic size it grows with the square
+            root of the minibatch. ``plan_kwargs={"lr": ...}`` overrides both.
         early_stopping
             Stop when the validation loss stops improving.
         plan_kwargs
