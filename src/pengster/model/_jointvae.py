@@ -16,6 +16,7 @@ from scvi.train import TrainRunner
 
 from pengster._constants import REGISTRY_KEYS
 from pengster.module import JointVAEModule
+from pengster.module._bridge import needs_bridge
 
 from . import _callbacks, _checks, _query, _save, _setup, _speed
 from ._plan import JointTrainingPlan
@@ -61,6 +62,17 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
     predict_cell_factor
         When ATAC is predicted for a cell, predict its ATAC cell factor (accessibility depth) from the depth of the
         source modalities instead of using the mean factor.
+    mixing_weight
+        Weight of the maximum mean discrepancy between the datasets of a mosaic in the joint latent, which pulls
+        runs that share few features (e.g. a multiome and a CITE-seq run with different gene panels) into one space;
+        0 switches it off. It has no effect on a single dataset. ``None`` (default): 10 when the model builds an
+        RNA bridge (see ``bridge_weight``), else 0; on its own, without a bridge to anchor it, it can mix the
+        wrong cell types.
+    bridge_weight
+        Weight of the RNA bridge of a mosaic: an extra encoder of only the genes every dataset measured, blind to
+        the dataset, whose posterior each cell's joint posterior is pulled towards (a KL term), so that runs with
+        different gene panels meet where their shared genes say they should. ``None`` (default): 1 when the
+        datasets measured different genes and share at least 10, else 0 (no bridge is built).
 
     Examples
     --------
@@ -91,6 +103,8 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         temperature: float = 0.1,
         learn_temperature: bool = True,
         predict_cell_factor: bool = True,
+        mixing_weight: float | None = None,
+        bridge_weight: float | None = None,
     ):
         prepared = self._store.get(mdata)
         if prepared is None:
@@ -100,6 +114,11 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         self.modalities: dict[str, str] = dict(prepared.modalities)
         cat_covs = self.adata_manager.get_state_registry(REGISTRY_KEYS.CAT_COVS)
         background = prepared.protein_background
+        if bridge_weight is None:
+            rna_masks = prepared.feature_masks.get("rna")
+            bridge_weight = 1.0 if rna_masks is not None and needs_bridge(torch.as_tensor(rna_masks)) else 0.0
+        if mixing_weight is None:
+            mixing_weight = 10.0 if bridge_weight > 0 else 0.0
         self.module = self._module_cls(
             n_features={m: prepared.aligned.mod[key].n_vars for m, key in self.modalities.items()},
             feature_masks={m: torch.as_tensor(mask) for m, mask in prepared.feature_masks.items()},
@@ -118,11 +137,14 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             temperature=temperature,
             learn_temperature=learn_temperature,
             predict_cell_factor=predict_cell_factor,
+            mixing_weight=mixing_weight,
+            bridge_weight=bridge_weight,
             protein_background_init=None if background is None else torch.as_tensor(background),
         )
         self._model_summary_string = (
             f"JointVAE: modalities {self.modalities}, n_latent {n_latent}, cross_weight {cross_weight}, "
-            f"contrastive_weight {contrastive_weight}, {self.summary_stats.n_batch} batches"
+            f"contrastive_weight {contrastive_weight}, mixing_weight {mixing_weight}, bridge_weight {bridge_weight}, "
+            f"{self.summary_stats.n_batch} batches"
         )
         self.init_params_ = self._get_init_params(locals())
 

@@ -21,12 +21,14 @@ from pengster.nn import (
     ProjectionHead,
     ProteinDecoder,
     RNADecoder,
+    group_mmd,
     product_of_experts,
     reconstruction_nll,
     symmetric_info_nce,
 )
 
-from ._inputs import ENCODER_INPUTS, RNA_TARGET_SUM, clr
+from ._bridge import alignment_kl, shared_genes
+from ._inputs import ENCODER_INPUTS, RNA_TARGET_SUM, clr, rna_encoder_input
 
 _NORM = {"use_batch_norm": False, "use_layer_norm": True}
 # Layer norm, not batch norm: a mosaic minibatch may hold a single cell of a modality, and the statistics of
@@ -65,6 +67,12 @@ class JointVAEModule(BaseModuleClass):
         Weight of the InfoNCE alignment between modalities of the same cell; 0 switches it off.
     temperature, learn_temperature
         Initial InfoNCE temperature and whether it is learned.
+    mixing_weight
+        Weight of the MMD between the datasets (panels) of a minibatch in the joint latent; 0 switches it off. It has
+        no effect with a single dataset.
+    bridge_weight
+        Weight of the KL term that pulls each cell's joint posterior towards its RNA bridge posterior (from an
+        encoder of the genes every panel measured, blind to the dataset); 0 builds no bridge. Needs ``rna``.
     protein_background_init
         Initial log background rate per protein.
     predict_cell_factor
@@ -91,6 +99,8 @@ class JointVAEModule(BaseModuleClass):
         contrastive_weight: float = 1.0,
         temperature: float = 0.1,
         learn_temperature: bool = True,
+        mixing_weight: float = 0.0,
+        bridge_weight: float = 0.0,
         protein_background_init: torch.Tensor | None = None,
         predict_cell_factor: bool = True,
     ):
@@ -100,6 +110,8 @@ class JointVAEModule(BaseModuleClass):
         self.n_batch = n_batch
         self.cross_weight = cross_weight
         self.contrastive_weight = contrastive_weight
+        self.mixing_weight = mixing_weight
+        self.bridge_weight = bridge_weight
         self.encode_covariates = encode_covariates
         n_panels = next(iter(feature_masks.values())).shape[0]
         self.n_panels = n_panels
@@ -128,6 +140,19 @@ class JointVAEModule(BaseModuleClass):
                 for modality in self.modalities
             }
         )
+        if bridge_weight > 0:
+            if "rna" not in n_features:
+                raise ValueError("bridge_weight > 0 needs the 'rna' modality; set bridge_weight=0.")
+            self.register_buffer("bridge_mask", shared_genes(feature_masks["rna"]))
+            self.bridge_encoder = Encoder(
+                n_features["rna"],
+                n_latent,
+                n_layers=n_layers,
+                n_hidden=n_hidden,
+                dropout_rate=dropout_rate,
+                return_dist=True,
+                **_NORM,
+            )
         decoders = {}
         if "rna" in n_features:
             decoders["rna"] = RNADecoder(
@@ -193,10 +218,14 @@ class JointVAEModule(BaseModuleClass):
         Posterior 0 is the joint one, posterior ``1 + k`` the ``k``-th modality's own. Modality ``m`` of cell ``i``
         is reconstructed from the joint posterior when the cell measured ``m``, and from the posterior of each
         modality ``s`` the cell measured when it measured at least two (with one, ``s``'s posterior is the joint).
+        With a bridge, the last posterior is the bridge's: it reconstructs every modality of the cells with RNA.
         """
         measured = torch.stack([has[m] > 0 for m in self.modalities])  # (n_modalities, n_cells)
         several = measured.sum(0) > 1
-        needed = torch.cat([torch.ones_like(measured[:1]), measured & several])  # (n_posteriors, n_cells)
+        rows = [torch.ones_like(measured[:1]), measured & several]
+        if self.bridge_weight > 0:
+            rows.append(measured[self.modalities.index("rna")].unsqueeze(0))
+        needed = torch.cat(rows)  # (n_posteriors, n_cells)
         pairs = {}
         for row, modality in enumerate(self.modalities):
             posterior, cell = torch.nonzero(needed & measured[row], as_tuple=True)
@@ -247,6 +276,8 @@ class JointVAEModule(BaseModuleClass):
         """Encode, fuse, and sample one ``z`` per posterior: the joint one, then each modality's own."""
         experts = self.experts(x, has, batch_index, cat_covs, panel)
         posteriors = [self.fuse(experts, has)] + [self.fuse(experts, has, [m]) for m in self.modalities]
+        if self.bridge_weight > 0:
+            posteriors.append(self._bridge_posterior(x["rna"], has["rna"], panel))
         qz = Normal(torch.stack([q.loc for q in posteriors]), torch.stack([q.scale for q in posteriors]))
         library = self.libraries(x, panel)
         return {
@@ -290,6 +321,19 @@ class JointVAEModule(BaseModuleClass):
         rows = ((has["atac"] > 0) & (present.sum(-1) > 0)).nonzero().view(-1)
         if rows.numel() > 0:
             self.cell_factor_predictor.update(log_library[rows], present[rows], inference_outputs["cell_factor"][rows])
+
+    def _bridge_posterior(self, x_rna: torch.Tensor, has_rna: torch.Tensor, panel: torch.Tensor) -> Normal:
+        """The bridge encoder's posterior (with the prior expert) from the shared genes; the prior without RNA."""
+        n_cells = panel.shape[0]
+        mean = x_rna.new_zeros(n_cells, self.n_latent, dtype=torch.float32)
+        variance = torch.ones_like(mean)
+        rows = has_rna.nonzero().view(-1)
+        if rows.numel() > 0:
+            mask = self.bridge_mask * self.feature_mask("rna", panel[rows])
+            qz, _ = self.bridge_encoder(rna_encoder_input(x_rna[rows].float(), mask))
+            mean = mean.index_copy(0, rows, qz.loc)
+            variance = variance.index_copy(0, rows, qz.scale.pow(2))
+        return product_of_experts([mean], [variance], [has_rna.float()])
 
     def _cell_factor(self, x, has, panel, batch_index, cat_covs) -> torch.Tensor | None:
         if "atac" not in self.modalities:
@@ -389,19 +433,37 @@ class JointVAEModule(BaseModuleClass):
         n_measured = sum(has[m].float() for m in self.modalities)
         # a cell with one modality has single posterior == joint posterior: count it once
         single_weights = [self.cross_weight * has[m].float() * (n_measured > 1).float() for m in self.modalities]
+        if self.bridge_weight > 0:
+            single_weights.append(self.cross_weight * has["rna"].float())
         weights = torch.stack([torch.ones_like(n_measured), *single_weights])
         per_cell = (weights * (total_nll + kl_weight * kl)).sum(0)
+        bridge_kl = qz.loc.new_zeros(n_cells)
+        if self.bridge_weight > 0:
+            bridge_kl = alignment_kl(Normal(qz.loc[0], qz.scale[0]), Normal(qz.loc[-1], qz.scale[-1]), has["rna"])
+            per_cell = per_cell + self.bridge_weight * kl_weight * bridge_kl
 
         contrastive = self._contrastive(inference_outputs["experts"], has)
         # a closed-form regression on observed depths and the encoded factors: no term of the loss
         self._fit_cell_factor_predictor(inference_outputs)
         loss = per_cell.mean() + self.contrastive_weight * contrastive
+        mixing = self._mixing(qz.loc[0], panel)
+        loss = per_cell.mean() + self.contrastive_weight * contrastive + self.mixing_weight * mixing
         return LossOutput(
             loss=loss,
             reconstruction_loss={f"reconstruction_{m}": value for m, value in reconstruction.items()},
             kl_local={"kl_joint": kl[0]},
-            extra_metrics={"contrastive": contrastive.detach(), "inverse_temperature": self.logit_scale().detach()},
+            extra_metrics={
+                "contrastive": contrastive.detach(),
+                "mixing_mmd": mixing.detach(),
+                "bridge_kl": bridge_kl.detach().mean(),
+                "inverse_temperature": self.logit_scale().detach(),
+            },
         )
+
+    def _mixing(self, joint_mean: torch.Tensor, panel: torch.Tensor) -> torch.Tensor:
+        if self.mixing_weight == 0 or self.n_panels < 2:
+            return joint_mean.new_zeros(())
+        return group_mmd(joint_mean, panel)
 
     def _contrastive(self, experts, has) -> torch.Tensor:
         total = next(iter(experts.values()))[0].new_zeros(())

@@ -1,0 +1,39 @@
+"""The RNA bridge of a mosaic: an encoder of the genes that every dataset measured, shared by all datasets.
+
+Two runs with different gene panels (a multiome run and a CITE-seq run, say) are linked only by the genes both
+measured. The RNA encoder sees each dataset's whole panel and is told the dataset, so nothing stops it from placing
+the runs in separate parts of the latent space. The bridge encoder sees only the shared genes and is not told the
+dataset: similar cells of different runs get similar bridge posteriors. Its own ELBO term (it must reconstruct all of
+a cell's measured modalities) makes it a real posterior, and a KL term pulls each cell's joint posterior towards its
+bridge posterior (which receives no gradient from that term), so the runs meet where their shared genes say they
+should.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import Normal, kl_divergence
+
+MIN_SHARED_GENES = 10
+"""Fewer shared genes than this make no bridge (it could not tell cell types apart)."""
+
+
+def shared_genes(rna_masks: torch.Tensor) -> torch.Tensor:
+    """The genes measured by every panel, shape ``(n_genes,)``; panels without RNA have all-ones rows."""
+    return rna_masks.float().prod(0)
+
+
+def needs_bridge(rna_masks: torch.Tensor) -> bool:
+    """Whether the panels measured different genes and share at least :data:`MIN_SHARED_GENES` of them."""
+    shared = shared_genes(rna_masks)
+    differ = bool((rna_masks.float() != shared).any())
+    return rna_masks.shape[0] > 1 and differ and int(shared.sum()) >= MIN_SHARED_GENES
+
+
+def alignment_kl(joint: Normal, bridge: Normal, has_rna: torch.Tensor) -> torch.Tensor:
+    """Per-cell ``KL(q_joint || q_bridge)`` summed over latent dimensions, 0 for cells without RNA.
+
+    The bridge posterior is detached: this term moves the joint posterior only.
+    """
+    target = Normal(bridge.loc.detach(), bridge.scale.detach())
+    return kl_divergence(joint, target).sum(-1) * has_rna.float()
