@@ -8,7 +8,7 @@ from scipy import sparse
 from torch.distributions import Bernoulli
 
 from pengster.model._device_loader import DeviceMinibatchLoader, _rank_share
-from pengster.model._speed import auto_batch_size, scaled_lr
+from pengster.model._speed import BASE_LR, auto_batch_size, scaled_lr
 from pengster.nn import FactorBernoulli, factor_bernoulli_nll
 
 
@@ -115,5 +115,5 @@ def test_factor_bernoulli_nll_matches_torch_bernoulli(with_mask):
 def test_auto_batch_size_and_lr_rule():
     assert auto_batch_size(1_000) == 256 and auto_batch_size(25_000) == 256
     assert auto_batch_size(100_000) == 1024 and auto_batch_size(1_000_000) == 2048
-    assert scaled_lr(256) == pytest.approx(1e-3) and scaled_lr(1024) == pytest.approx(2e-3)
-    assert scaled_lr(64) == pytest.approx(1e-3)
+    assert scaled_lr(256) == pytest.approx(BASE_LR) and scaled_lr(1024) == pytest.approx(2 * BASE_LR)
+    assert scaled_lr(64) == pytest.approx(BASE_LR)

@@ -59,6 +59,9 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         Initial InfoNCE temperature.
     learn_temperature
         Learn the temperature.
+    predict_cell_factor
+        When ATAC is predicted for a cell, predict its ATAC cell factor (accessibility depth) from the depth of the
+        source modalities instead of using the mean factor.
     mixing_weight
         Weight of the maximum mean discrepancy between the datasets of a mosaic in the joint latent, which pulls
         runs that share few features (e.g. a multiome and a CITE-seq run with different gene panels) into one space;
@@ -99,6 +102,7 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         contrastive_weight: float = 1.0,
         temperature: float = 0.1,
         learn_temperature: bool = True,
+        predict_cell_factor: bool = True,
         mixing_weight: float | None = None,
         bridge_weight: float | None = None,
     ):
@@ -132,6 +136,7 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             contrastive_weight=contrastive_weight,
             temperature=temperature,
             learn_temperature=learn_temperature,
+            predict_cell_factor=predict_cell_factor,
             mixing_weight=mixing_weight,
             bridge_weight=bridge_weight,
             protein_background_init=None if background is None else torch.as_tensor(background),
@@ -256,8 +261,9 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             Passes over the data (default: scvi-tools' heuristic from the number of cells).
         batch_size
             Cells per minibatch. Default: 256 up to 25k cells, doubling with the data above that (at most 2048),
-            see ``pengster.model._speed.auto_batch_size``; with ``fast`` and this automatic size the learning
-            rate grows with the square root of the minibatch unless ``plan_kwargs`` sets ``lr``.
+            see ``pengster.model._speed.auto_batch_size``. The learning rate is 3e-3 (chosen on a validation
+            split, ``benchmarks/results/tune.md``); with ``fast`` and the automatic size it grows with the square
+            root of the minibatch. ``plan_kwargs={"lr": ...}`` overrides both.
         early_stopping
             Stop when the validation loss stops improving.
         plan_kwargs
@@ -549,7 +555,10 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             has = {m: h.to(self.device) for m, h in inputs["has"].items()}
             qz = self.module.fuse(experts, has, sources)
             z = qz.loc.unsqueeze(0) if n_samples == 1 else qz.sample((n_samples,))
-            values = self._decode_scaled(target, z, tensors, denoised=False)
+            cell_factor = (
+                self.module.source_cell_factor(inputs["x"], has, inputs["panel"], sources) if target == "atac" else None
+            )
+            values = self._decode_scaled(target, z, tensors, denoised=False, cell_factor=cell_factor)
             available = sum(has[m] for m in sources) > 0
             mean = torch.where(available.unsqueeze(-1), values.mean(0), torch.nan)
             std = torch.where(available.unsqueeze(-1), values.std(0, unbiased=False), torch.nan)

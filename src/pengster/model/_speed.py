@@ -14,8 +14,9 @@ MAX_AUTO_BATCH_SIZE = 2048
 CELLS_PER_BASE_BATCH = 25_000
 """Up to this many cells, minibatches of :data:`BASE_BATCH_SIZE` (about 100 steps an epoch); each doubling above
 doubles the minibatch, up to :data:`MAX_AUTO_BATCH_SIZE`."""
-BASE_LR = 1e-3
-"""scvi-tools' default learning rate (Adam), used at :data:`BASE_BATCH_SIZE`."""
+BASE_LR = 3e-3
+"""Adam learning rate at :data:`BASE_BATCH_SIZE` and for any explicit ``batch_size``: chosen on a validation split
+of the benchmark's training cells (``benchmarks/results/tune.md``; scvi-tools' 1e-3 underfits in 100 epochs)."""
 
 
 def auto_batch_size(n_cells: int) -> int:
@@ -29,10 +30,10 @@ def auto_batch_size(n_cells: int) -> int:
 
 
 def scaled_lr(batch_size: int) -> float:
-    """Adam learning rate for ``batch_size``: square-root scaling from 1e-3 at 256 :cite:p:`malladi2022sde`.
+    """Adam learning rate for ``batch_size``: square-root scaling from :data:`BASE_LR` at 256 :cite:p:`malladi2022sde`.
 
-    The square-root rule keeps the variance of an Adam update constant when the minibatch grows; below 256 the
-    default 1e-3 is kept.
+    The square-root rule keeps the variance of an Adam update constant when the minibatch grows; below 256
+    :data:`BASE_LR` is kept.
     """
     return BASE_LR * math.sqrt(max(batch_size, BASE_BATCH_SIZE) / BASE_BATCH_SIZE)
 
@@ -61,9 +62,10 @@ def speed_options(
     plan_kwargs = dict(plan_kwargs)
     if batch_size is None:
         batch_size = auto_batch_size(n_cells) if fast else BASE_BATCH_SIZE
-        # the LR rule goes with the automatic minibatch; an explicit batch_size keeps scvi-tools' learning rate
+        # the LR rule goes with the automatic minibatch; an explicit batch_size keeps the base learning rate
         if fast:
             plan_kwargs.setdefault("lr", scaled_lr(batch_size))
+    plan_kwargs.setdefault("lr", BASE_LR)
     trainer_kwargs = dict(trainer_kwargs)
     if fast:
         plan_kwargs.setdefault("fused_optimizer", True)

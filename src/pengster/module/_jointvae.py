@@ -16,6 +16,7 @@ from pengster._constants import REGISTRY_KEYS
 from pengster.nn import (
     ATACDecoder,
     CellFactorEncoder,
+    CellFactorPredictor,
     LogitScale,
     ProjectionHead,
     ProteinDecoder,
@@ -77,6 +78,9 @@ class JointVAEModule(BaseModuleClass):
         encoder of the genes every panel measured, blind to the dataset); 0 builds no bridge. Needs ``rna``.
     protein_background_init
         Initial log background rate per protein.
+    predict_cell_factor
+        Predict the ATAC cell factor of cells without ATAC from the depth of their other modalities (see
+        :class:`~pengster.nn.CellFactorPredictor`); False decodes them with the mean factor.
     """
 
     use_sparse: bool | None = None
@@ -106,6 +110,7 @@ class JointVAEModule(BaseModuleClass):
         mixing_weight: float = 0.0,
         bridge_weight: float = 0.0,
         protein_background_init: torch.Tensor | None = None,
+        predict_cell_factor: bool = True,
     ):
         super().__init__()
         self.modalities = tuple(n_features)
@@ -166,6 +171,10 @@ class JointVAEModule(BaseModuleClass):
                 n_latent, n_features["atac"], decoder_cats, n_hidden=n_hidden, likelihood=atac_likelihood
             )
             self.cell_factor_encoder = CellFactorEncoder(n_features["atac"], encoder_cats)
+        others = tuple(m for m in self.modalities if m != "atac")
+        self.depth_sources = others if predict_cell_factor and "atac" in n_features else ()
+        if self.depth_sources:
+            self.cell_factor_predictor = CellFactorPredictor(len(self.depth_sources))
         if "protein" in n_features:
             decoders["protein"] = ProteinDecoder(
                 n_latent,
@@ -287,14 +296,7 @@ class JointVAEModule(BaseModuleClass):
         if self.bridge_weight > 0:
             posteriors.append(self._bridge_posterior(x["rna"], has["rna"], panel))
         qz = Normal(torch.stack([q.loc for q in posteriors]), torch.stack([q.scale for q in posteriors]))
-        library = {}
-        for modality in self.modalities:
-            if modality in sparse_counts:
-                table = getattr(self, f"feature_mask_{modality}")
-                library[modality] = _sparse_inputs.library_size(sparse_counts[modality], table, panel)
-                continue
-            mask = self.feature_mask(modality, panel)
-            library[modality] = (x[modality].float() * mask).sum(-1, keepdim=True).clamp_min(1.0)
+        library = self.libraries(x, panel, sparse_counts)
         return {
             "qz": qz,
             "z": qz.rsample(),
@@ -304,6 +306,45 @@ class JointVAEModule(BaseModuleClass):
             "cell_factor": self._cell_factor(x, has, panel, batch_index, cat_covs, sparse_counts),
             "sparse_counts": sparse_counts,
         }
+
+    def libraries(self, x: Mapping[str, torch.Tensor], panel: torch.Tensor, sparse_counts=None) -> dict:
+        """Modality -> total counts over the measured features, shape ``(n_cells, 1)``, at least 1."""
+        sparse_counts = sparse_counts or {}
+        library = {}
+        for modality in self.modalities:
+            if modality in sparse_counts:
+                table = getattr(self, f"feature_mask_{modality}")
+                library[modality] = _sparse_inputs.library_size(sparse_counts[modality], table, panel)
+                continue
+            mask = self.feature_mask(modality, panel)
+            library[modality] = (x[modality].float() * mask).sum(-1, keepdim=True).clamp_min(1.0)
+        return library
+
+    def _depth_inputs(self, library, has, use) -> tuple[torch.Tensor, torch.Tensor]:
+        log_library = torch.cat([library[m].log() for m in self.depth_sources], -1)
+        present = torch.stack([has[m].float() * float(m in use) for m in self.depth_sources], -1)
+        return log_library, present
+
+    @auto_move_data
+    def source_cell_factor(self, x, has, panel, sources: Sequence[str]) -> torch.Tensor:
+        """ATAC cell factor ``(n_cells, 1)`` for decoding ATAC from ``sources``: predicted from their depth.
+
+        The mean factor when the module does not predict it (``predict_cell_factor=False``, or a model saved before
+        the predictor existed).
+        """
+        if not self.depth_sources or not self.cell_factor_predictor.fitted:
+            return self.atac_cell_factor_mean.expand(panel.shape[0], 1)
+        inputs = self._depth_inputs(self.libraries(x, panel), has, sources)
+        return torch.sigmoid(self.cell_factor_predictor(*inputs))
+
+    def _fit_cell_factor_predictor(self, inference_outputs) -> None:
+        if not self.depth_sources or not self.training or self.freeze_running_stats:
+            return
+        has = inference_outputs["has"]
+        log_library, present = self._depth_inputs(inference_outputs["library"], has, self.depth_sources)
+        rows = ((has["atac"] > 0) & (present.sum(-1) > 0)).nonzero().view(-1)
+        if rows.numel() > 0:
+            self.cell_factor_predictor.update(log_library[rows], present[rows], inference_outputs["cell_factor"][rows])
 
     def _bridge_posterior(self, x_rna: torch.Tensor, has_rna: torch.Tensor, panel: torch.Tensor) -> Normal:
         """The bridge encoder's posterior (with the prior expert) from the shared genes; the prior without RNA."""
@@ -432,6 +473,9 @@ class JointVAEModule(BaseModuleClass):
             per_cell = per_cell + self.bridge_weight * kl_weight * bridge_kl
 
         contrastive = self._contrastive(inference_outputs["experts"], has)
+        # a closed-form regression on observed depths and the encoded factors: no term of the loss
+        self._fit_cell_factor_predictor(inference_outputs)
+        loss = per_cell.mean() + self.contrastive_weight * contrastive
         mixing = self._mixing(qz.loc[0], panel)
         loss = per_cell.mean() + self.contrastive_weight * contrastive + self.mixing_weight * mixing
         return LossOutput(
