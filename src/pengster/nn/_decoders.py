@@ -112,7 +112,7 @@ class ATACDecoder(nn.Module):
     ) -> tuple[Distribution, torch.Tensor]:
         """Return ``(px, probabilities)``; when training, ``probabilities`` is None for ``bernoulli`` (not needed)."""
         if self.likelihood == "bernoulli":
-            px = FactorBernoulli(self.output(self.layers(z, *categoricals)), self.region_logit, cell_factor)
+            px = FactorBernoulli(self.output(_hidden(self.layers, z, *categoricals)), self.region_logit, cell_factor)
             return px, None if (self.training and torch.is_grad_enabled()) else px.probs
         probs = self.probabilities(z, cell_factor, *categoricals).clamp(1e-6, 1 - 1e-6)
         return Poisson(masked_normalize(probs, feature_mask) * library + 1e-8), probs
