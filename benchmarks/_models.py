@@ -27,6 +27,7 @@ import pengster
 from ._tasks import MOD_KEYS, Study, _pad_rows
 
 TOTALVI_DRAWS = 25
+MULTIVI_DRAWS = 25
 
 
 def _clr(values: np.ndarray) -> np.ndarray:
@@ -175,33 +176,46 @@ class MultiviRunner(_ScviRunner):
                 for batch in _batches_with(self.study, "atac")
             ]
             return np.mean(probabilities, axis=0).astype(np.float64), None
-        return _mean_std(self._protein(cells, n_samples))
+        samples = self._protein(cells, n_samples)
+        if n_samples == 1:
+            return samples.mean(0), None
+        return samples.mean(0), samples.std(0)
 
     @torch.inference_mode()
     def _protein(self, cells: pd.Index, n_samples: int) -> np.ndarray:
-        from scvi import REGISTRY_KEYS
+        """CLR of the decoded mean protein counts, shape (n_draws, n_cells, n_proteins).
+
+        MULTIVI 1.4.2 has no protein getter besides ``get_protein_foreground_probability``; this is what TOTALVI's
+        ``get_normalized_expression(include_protein_background=True)`` returns, computed with MULTIVI's own forward
+        pass the way its foreground getter calls it (``transform_batch`` in the generative kwargs, averaged over the
+        batches that showed protein). Its protein decoder draws the log background rate even at the posterior mean
+        of z, so one draw is noisy: the point prediction (z at its mean, MULTIVI's getters' default) averages
+        ``MULTIVI_DRAWS`` draws, as TOTALVI's does; with ``n_samples > 1`` each draw also samples z.
+        """
+        from scvi.model._utils import _get_batch_code_from_category
 
         module = self.model.module
         module.eval()
-        codes = self.model.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
-        batches = [int(np.flatnonzero(codes == b)[0]) for b in _batches_with(self.study, "protein")]
+        codes = _get_batch_code_from_category(self.model.adata_manager, _batches_with(self.study, "protein"))
+        draws = max(n_samples, MULTIVI_DRAWS)
         loader = self.model._make_data_loader(adata=self.mdata, indices=self._rows(cells), batch_size=256)
         chunks = []
         for tensors in loader:
-            draws = []
-            for _ in range(n_samples):
+            samples = []
+            for _ in range(draws):
                 per_batch = []
-                for code in batches:
-                    tensors[REGISTRY_KEYS.BATCH_KEY] = torch.full_like(tensors[REGISTRY_KEYS.BATCH_KEY], code)
+                for code in codes:
                     _, generative = module.forward(
-                        tensors, generative_kwargs={"use_z_mean": n_samples == 1}, compute_loss=False
+                        tensors,
+                        generative_kwargs={"use_z_mean": n_samples == 1, "transform_batch": code},
+                        compute_loss=False,
                     )
                     py = generative["py_"]
                     background = torch.sigmoid(py["mixing"])
                     values = py["rate_fore"] * (1 - background) + py["rate_back"] * background
                     per_batch.append(values.cpu().numpy())
-                draws.append(np.mean(per_batch, axis=0))
-            chunks.append(np.stack(draws))
+                samples.append(np.mean(per_batch, axis=0))
+            chunks.append(np.stack(samples))
         return _clr(np.concatenate(chunks, axis=1).astype(np.float64))
 
     def latent_from(self, modality: str, cells: pd.Index) -> np.ndarray | None:

@@ -38,6 +38,10 @@ QUICK_CALIBRATION_SAMPLES = 5
 SCIB_KBET = False
 BMMC_EPOCHS = 100
 SNARE_EPOCHS = 10
+# MULTIVI trains with its own default schedule (MULTIVI.train: max_epochs=500, lr 1e-4, early stopping): at the
+# 100-epoch cap its validation loss is still falling steeply and its protein prediction is below the training mean.
+# SNARE-seq2 keeps the shared 10-epoch cap (compute budget), so its MULTIVI rows are under-trained.
+MULTIVI_EPOCHS = {"bmmc_cite": 500, "bmmc_multiome": 500, "bmmc_mosaic": 500, "pbmc_mosaic": 500}
 # pengster's benchmark configuration (chosen on a validation split of training cells, see benchmarks/README.md)
 PENGSTER_MODEL_KWARGS: dict = {}
 PENGSTER_TRAIN_KWARGS: dict = {}
@@ -288,7 +292,10 @@ def run(
                     continue
                 start = time.perf_counter()
                 runner = _runner(method)
-                runner.fit(study, seed=seed, max_epochs=config.max_epochs)
+                max_epochs = config.max_epochs
+                if method == "multivi" and not quick:
+                    max_epochs = MULTIVI_EPOCHS.get(config.dataset, max_epochs)
+                runner.fit(study, seed=seed, max_epochs=max_epochs)
                 seconds = time.perf_counter() - start
                 logger.info(
                     "%s %s seed %d %s: %d epochs in %.0f s",
@@ -317,6 +324,23 @@ def main_metric(task: str) -> str:
     if task.endswith("markers"):
         return "marker_auroc"
     return "pearson_per_feature"
+
+
+def merge_runs(runs: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate per-seed rows; a later frame replaces every row of a (dataset, method, seed) it also has.
+
+    So ``--from-runs old.csv new.csv`` swaps in the new runs of a method whole (no stale metric of an older run
+    survives) and keeps everything else of ``old.csv``.
+    """
+    keys = ["dataset", "method", "seed"]
+    merged = pd.DataFrame()
+    for frame in runs:
+        if not merged.empty:
+            newer = pd.MultiIndex.from_frame(frame[keys].drop_duplicates())
+            merged = merged[~pd.MultiIndex.from_frame(merged[keys]).isin(newer)]
+        merged = pd.concat([merged, frame], ignore_index=True)
+    # a row repeated inside one frame is counted once
+    return merged.drop_duplicates(["dataset", "task", "metric", "method", "seed"], keep="last").reset_index(drop=True)
 
 
 def summarize(runs: pd.DataFrame) -> list[dict]:
@@ -366,9 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     warnings.filterwarnings("ignore")
     if args.from_runs:
-        runs = pd.concat([pd.read_csv(path) for path in args.from_runs], ignore_index=True)
-        # a (method, seed) that two runs both made is counted once
-        runs = runs.drop_duplicates(["dataset", "task", "metric", "method", "seed"])
+        runs = merge_runs([pd.read_csv(path) for path in args.from_runs])
         seeds = sorted(runs["seed"].unique().tolist())
         write(summarize(runs), runs, args.out, note=f"seeds {seeds}, full run, 1 torch thread")
         return
