@@ -38,7 +38,7 @@ QUICK_CALIBRATION_SAMPLES = 5
 SCIB_KBET = False
 BMMC_EPOCHS = 100
 SNARE_EPOCHS = 10
-# pengster's benchmark configuration (chosen on a validation split of training cells, see benchmarks/README.md)
+# empty: pengster runs with its defaults, which were chosen on a validation split of training cells (tune.py)
 PENGSTER_MODEL_KWARGS: dict = {}
 PENGSTER_TRAIN_KWARGS: dict = {}
 
