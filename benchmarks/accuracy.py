@@ -42,7 +42,7 @@ SNARE_EPOCHS = 10
 # 100-epoch cap its validation loss is still falling steeply and its protein prediction is below the training mean.
 # SNARE-seq2 keeps the shared 10-epoch cap (compute budget), so its MULTIVI rows are under-trained.
 MULTIVI_EPOCHS = {"bmmc_cite": 500, "bmmc_multiome": 500, "bmmc_mosaic": 500, "pbmc_mosaic": 500}
-# pengster's benchmark configuration (chosen on a validation split of training cells, see benchmarks/README.md)
+# empty: pengster runs with its defaults, which were chosen on a validation split of training cells (tune.py)
 PENGSTER_MODEL_KWARGS: dict = {}
 PENGSTER_TRAIN_KWARGS: dict = {}
 
