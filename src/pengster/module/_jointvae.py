@@ -85,7 +85,7 @@ class JointVAEModule(BaseModuleClass):
 
     use_sparse: bool | None = None
     """RNA and ATAC encoders read the nonzero counts only, and the loss scores the data-only terms once per cell
-    (see :mod:`pengster.nn._sparse` and :mod:`pengster.nn._pair_nll`); same values as the dense path. None: on CPU
+    (``pengster/nn/_sparse.py``, ``_pair_nll.py``); same values as the dense path. None: on CPU
     only (untimed on GPUs, where dense products are cheap); ``train(fast=False)`` sets False while it trains."""
 
     def __init__(
