@@ -100,6 +100,8 @@ def _bridge_mosaic():
 
 
 def test_bridge_posterior_sees_only_shared_genes_and_not_the_dataset():
+    from pengster.module._bridge import bridge_posterior
+
     mdata = _bridge_mosaic()
     JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac", "protein": "prot"}, batch_key="batch")
     model = JointVAE(mdata, n_latent=4, n_hidden=16)
@@ -111,15 +113,15 @@ def test_bridge_posterior_sees_only_shared_genes_and_not_the_dataset():
     counts = torch.poisson(torch.full((3, shared.numel()), 3.0), generator=generator)
     has = torch.ones(3)
     panel = torch.zeros(3, 1, dtype=torch.long)
-    base = module._bridge_posterior(counts, has, panel).loc
+    base = bridge_posterior(module, counts, has, panel).loc
     changed = counts.clone()
     changed[:, ~shared] += 50.0  # genes that not every dataset measured
-    torch.testing.assert_close(module._bridge_posterior(changed, has, panel).loc, base)
-    other_panel = module._bridge_posterior(counts, has, torch.ones(3, 1, dtype=torch.long)).loc
+    torch.testing.assert_close(bridge_posterior(module, changed, has, panel).loc, base)
+    other_panel = bridge_posterior(module, counts, has, torch.ones(3, 1, dtype=torch.long)).loc
     torch.testing.assert_close(other_panel, base)  # same shared genes measured in both panels: same posterior
     moved = counts.clone()
     moved[:, shared.nonzero()[0]] += 50.0
-    assert not torch.allclose(module._bridge_posterior(moved, has, panel).loc, base)
+    assert not torch.allclose(bridge_posterior(module, moved, has, panel).loc, base)
 
 
 def test_bridge_alignment_moves_the_joint_posterior_only():

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
-import numpy as np
-import pandas as pd
 import torch
 from mudata import MuData
 from scvi.model._utils import get_max_epochs_heuristic
@@ -18,7 +16,7 @@ from pengster._constants import REGISTRY_KEYS
 from pengster.module import JointVAEModule
 from pengster.module._bridge import needs_bridge
 
-from . import _callbacks, _checks, _query, _save, _setup, _speed
+from . import _callbacks, _checks, _outputs, _query, _save, _setup, _speed
 from ._plan import JointTrainingPlan
 from ._sampler import MosaicDataSplitter
 
@@ -410,199 +408,10 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         return super().load(dir_path, adata=mdata, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ getters
-    def _minibatches(self, mdata, indices, batch_size) -> Iterator[dict[str, torch.Tensor]]:
-        aligned = self._aligned(mdata)
-        loader = self._make_data_loader(adata=aligned, indices=indices, batch_size=batch_size or 1024)
-        yield from loader
-
-    def _check_modality(self, modality: str, *, argument: str) -> None:
-        if modality not in self.modalities:
-            raise ValueError(
-                f"{argument}={modality!r}, but this JointVAE was trained on {list(self.modalities)}; "
-                f"pass one of those (set up the data with modalities={{{modality!r}: ...}} to model it)."
-            )
-
-    @torch.inference_mode()
-    def get_latent_representation(
-        self,
-        mdata: MuData | None = None,
-        *,
-        modality: str | None = None,
-        indices: Sequence[int] | None = None,
-        batch_size: int | None = None,
-    ) -> np.ndarray:
-        """Posterior mean of the latent, array of shape ``(n_cells, n_latent)``.
-
-        Parameters
-        ----------
-        mdata
-            Data to embed (default: the training data).
-        modality
-            None for the joint posterior over all of a cell's modalities; a modality for the posterior from
-            that modality alone (NaN rows for cells that did not measure it).
-        indices
-            Cells to embed (default: all).
-        batch_size
-            Cells per minibatch.
-        """
-        self._check_if_trained(warn=False)
-        if modality is not None:
-            self._check_modality(modality, argument="modality")
-        latents = []
-        for tensors in self._minibatches(mdata, indices, batch_size):
-            inputs = self.module._get_inference_input(tensors)
-            experts = self.module.experts(**inputs)
-            has = {m: h.to(self.device) for m, h in inputs["has"].items()}
-            use = None if modality is None else [modality]
-            mean = self.module.fuse(experts, has, use).loc
-            if modality is not None:
-                mean = torch.where(has[modality].unsqueeze(-1) > 0, mean, torch.nan)
-            latents.append(mean.cpu().numpy())
-        return np.concatenate(latents)
-
-    def _decode_scaled(self, target, z, tensors, *, denoised: bool, cell_factor=None) -> torch.Tensor:
-        """Decoded values of ``target`` for ``z`` of shape ``(n_samples, n_cells, n_latent)``.
-
-        A cell whose batch never measured ``target`` is decoded under every batch that did, and averaged.
-        """
-        module = self.module
-        batch_index = tensors[REGISTRY_KEYS.BATCH].to(self.device).long()
-        cat_covs = tensors.get(REGISTRY_KEYS.CAT_COVS)
-        cat_covs = None if cat_covs is None else cat_covs.to(self.device).long()
-        panel = tensors[REGISTRY_KEYS.PANEL].to(self.device).long()
-        mask = module.feature_mask(target, panel)
-        if cell_factor is None and target == "atac":
-            cell_factor = module.atac_cell_factor_mean.expand(z.shape[1], 1)
-        decode = module.denoised_values if denoised else module.predicted_values
-        column = list(self.modalities).index(target)
-        seen = module.batch_has_modality[:, column]
-        own_ok = seen[batch_index.view(-1)] > 0
-        values = decode(target, z, module._categoricals(batch_index, cat_covs), mask, cell_factor)
-        if not own_ok.all():
-            stand_ins = torch.nonzero(seen).view(-1).tolist()
-            averaged = sum(
-                decode(target, z, module._categoricals(torch.full_like(batch_index, b), cat_covs), mask, cell_factor)
-                for b in stand_ins
-            ) / len(stand_ins)
-            values = torch.where(own_ok.view(1, -1, 1), values, averaged)
-        return values
-
-    def _frame(self, values: np.ndarray, mdata, indices, target: str) -> pd.DataFrame:
-        aligned = self._aligned(mdata)
-        obs_names = aligned.obs_names if indices is None else aligned.obs_names[np.asarray(indices)]
-        return pd.DataFrame(values, index=obs_names, columns=aligned.mod[self.modalities[target]].var_names)
-
-    @torch.inference_mode()
-    def predict(
-        self,
-        mdata: MuData | None = None,
-        *,
-        target: str,
-        source: str | Sequence[str] | None = None,
-        n_samples: int = 1,
-        return_std: bool | None = None,
-        indices: Sequence[int] | None = None,
-        batch_size: int | None = None,
-    ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
-        """Predict ``target`` from the ``source`` modalities only, for every cell.
-
-        Parameters
-        ----------
-        mdata
-            Data (default: the training data).
-        target
-            Modality to predict.
-        source
-            Modalities to predict from (default: all others). The cell's own ``target`` is never used.
-        n_samples
-            1: decode the posterior mean. More: decode that many posterior samples and average.
-        return_std
-            Also return the standard deviation over samples (default: when ``n_samples > 1``).
-        indices
-            Cells to predict (default: all).
-        batch_size
-            Cells per minibatch.
-
-        Returns
-        -------
-        DataFrame (cells x target features) in the target's scale: ``rna`` log1p of counts per 10k, ``atac``
-        accessibility probability, ``protein`` CLR of counts. Rows of cells with none of the source modalities
-        are NaN. With ``return_std``, a tuple ``(mean, std)``.
-        """
-        self._check_if_trained(warn=False)
-        self._check_modality(target, argument="target")
-        sources = (
-            [m for m in self.modalities if m != target]
-            if source is None
-            else [source]
-            if isinstance(source, str)
-            else list(source)
-        )
-        for modality in sources:
-            self._check_modality(modality, argument="source")
-        if target in sources:
-            raise ValueError(
-                f"source {sources} contains the target {target!r}; pass source=<other modalities of "
-                f"{list(self.modalities)}>, or None for all modalities but the target."
-            )
-        if n_samples < 1:
-            raise ValueError(f"n_samples={n_samples}; pass n_samples >= 1.")
-        return_std = n_samples > 1 if return_std is None else return_std
-        means, stds = [], []
-        for tensors in self._minibatches(mdata, indices, batch_size):
-            inputs = self.module._get_inference_input(tensors)
-            experts = self.module.experts(**inputs)
-            has = {m: h.to(self.device) for m, h in inputs["has"].items()}
-            qz = self.module.fuse(experts, has, sources)
-            z = qz.loc.unsqueeze(0) if n_samples == 1 else qz.sample((n_samples,))
-            cell_factor = (
-                self.module.source_cell_factor(inputs["x"], has, inputs["panel"], sources) if target == "atac" else None
-            )
-            values = self._decode_scaled(target, z, tensors, denoised=False, cell_factor=cell_factor)
-            available = sum(has[m] for m in sources) > 0
-            mean = torch.where(available.unsqueeze(-1), values.mean(0), torch.nan)
-            std = torch.where(available.unsqueeze(-1), values.std(0, unbiased=False), torch.nan)
-            means.append(mean.cpu().numpy())
-            stds.append(std.cpu().numpy())
-        mean = self._frame(np.concatenate(means), mdata, indices, target)
-        if not return_std:
-            return mean
-        return mean, self._frame(np.concatenate(stds), mdata, indices, target)
-
-    @torch.inference_mode()
-    def get_normalized_expression(
-        self,
-        mdata: MuData | None = None,
-        *,
-        modality: str,
-        n_samples: int = 1,
-        batch_size: int | None = None,
-    ) -> pd.DataFrame:
-        """Denoised values of a measured modality, for the cells that measured it, from their joint posterior.
-
-        Scales as in :meth:`predict`; protein is the foreground only (background removed), as CLR.
-
-        Returns
-        -------
-        DataFrame (cells that measured ``modality`` x its features), rows in the order of the modality's cells.
-        """
-        self._check_if_trained(warn=False)
-        self._check_modality(modality, argument="modality")
-        rows = []
-        for tensors in self._minibatches(mdata, None, batch_size):
-            inputs = self.module._get_inference_input(tensors)
-            outputs = self.module.inference(**inputs)
-            has = outputs["has"][modality] > 0
-            qz = self.module.fuse(outputs["experts"], outputs["has"])
-            z = qz.loc.unsqueeze(0) if n_samples == 1 else qz.sample((n_samples,))
-            values = self._decode_scaled(modality, z, tensors, denoised=True, cell_factor=outputs["cell_factor"])
-            rows.append(values.mean(0)[has].cpu().numpy())
-        aligned = self._aligned(mdata)
-        measured = aligned.obs[f"_pengster_has_{modality}"].to_numpy() > 0
-        frame = pd.DataFrame(
-            np.concatenate(rows),
-            index=aligned.obs_names[measured],
-            columns=aligned.mod[self.modalities[modality]].var_names,
-        )
-        user = self.mdata if mdata is None else mdata
-        return frame.loc[user.mod[self.modalities[modality]].obs_names]
+    _minibatches = _outputs._minibatches
+    _check_modality = _outputs._check_modality
+    get_latent_representation = _outputs.get_latent_representation
+    _decode_scaled = _outputs._decode_scaled
+    _frame = _outputs._frame
+    predict = _outputs.predict
+    get_normalized_expression = _outputs.get_normalized_expression

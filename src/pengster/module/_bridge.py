@@ -14,6 +14,10 @@ from __future__ import annotations
 import torch
 from torch.distributions import Normal, kl_divergence
 
+from pengster.nn import product_of_experts
+
+from ._inputs import rna_encoder_input
+
 MIN_SHARED_GENES = 10
 """Fewer shared genes than this make no bridge (it could not tell cell types apart)."""
 
@@ -37,3 +41,20 @@ def alignment_kl(joint: Normal, bridge: Normal, has_rna: torch.Tensor) -> torch.
     """
     target = Normal(bridge.loc.detach(), bridge.scale.detach())
     return kl_divergence(joint, target).sum(-1) * has_rna.float()
+
+
+def bridge_posterior(module, x_rna: torch.Tensor, has_rna: torch.Tensor, panel: torch.Tensor) -> Normal:
+    """The bridge encoder's posterior (with the prior expert) from the shared genes; the prior for cells without RNA.
+
+    ``module`` is a :class:`~pengster.module.JointVAEModule` with a bridge (``bridge_weight > 0``).
+    """
+    n_cells = panel.shape[0]
+    mean = x_rna.new_zeros(n_cells, module.n_latent, dtype=torch.float32)
+    variance = torch.ones_like(mean)
+    rows = has_rna.nonzero().view(-1)
+    if rows.numel() > 0:
+        mask = module.bridge_mask * module.feature_mask("rna", panel[rows])
+        qz, _ = module.bridge_encoder(rna_encoder_input(x_rna[rows].float(), mask))
+        mean = mean.index_copy(0, rows, qz.loc)
+        variance = variance.index_copy(0, rows, qz.scale.pow(2))
+    return product_of_experts([mean], [variance], [has_rna.float()])

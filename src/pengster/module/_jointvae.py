@@ -30,8 +30,8 @@ from pengster.nn._fused import _all_ones
 from pengster.nn._pair_nll import pair_nll
 
 from . import _sparse_inputs
-from ._bridge import alignment_kl, shared_genes
-from ._inputs import ENCODER_INPUTS, RNA_TARGET_SUM, clr, rna_encoder_input
+from ._bridge import alignment_kl, bridge_posterior, shared_genes
+from ._inputs import ENCODER_INPUTS, RNA_TARGET_SUM, clr
 
 _NORM = {"use_batch_norm": False, "use_layer_norm": True}
 # Layer norm, not batch norm: a mosaic minibatch may hold a single cell of a modality, and the statistics of
@@ -294,7 +294,7 @@ class JointVAEModule(BaseModuleClass):
         experts = self.experts(x, has, batch_index, cat_covs, panel, sparse_counts)
         posteriors = [self.fuse(experts, has)] + [self.fuse(experts, has, [m]) for m in self.modalities]
         if self.bridge_weight > 0:
-            posteriors.append(self._bridge_posterior(x["rna"], has["rna"], panel))
+            posteriors.append(bridge_posterior(self, x["rna"], has["rna"], panel))
         qz = Normal(torch.stack([q.loc for q in posteriors]), torch.stack([q.scale for q in posteriors]))
         library = self.libraries(x, panel, sparse_counts)
         return {
@@ -345,19 +345,6 @@ class JointVAEModule(BaseModuleClass):
         rows = ((has["atac"] > 0) & (present.sum(-1) > 0)).nonzero().view(-1)
         if rows.numel() > 0:
             self.cell_factor_predictor.update(log_library[rows], present[rows], inference_outputs["cell_factor"][rows])
-
-    def _bridge_posterior(self, x_rna: torch.Tensor, has_rna: torch.Tensor, panel: torch.Tensor) -> Normal:
-        """The bridge encoder's posterior (with the prior expert) from the shared genes; the prior without RNA."""
-        n_cells = panel.shape[0]
-        mean = x_rna.new_zeros(n_cells, self.n_latent, dtype=torch.float32)
-        variance = torch.ones_like(mean)
-        rows = has_rna.nonzero().view(-1)
-        if rows.numel() > 0:
-            mask = self.bridge_mask * self.feature_mask("rna", panel[rows])
-            qz, _ = self.bridge_encoder(rna_encoder_input(x_rna[rows].float(), mask))
-            mean = mean.index_copy(0, rows, qz.loc)
-            variance = variance.index_copy(0, rows, qz.scale.pow(2))
-        return product_of_experts([mean], [variance], [has_rna.float()])
 
     def _sparse(self, modality: str, device: torch.device) -> bool:
         return _sparse_inputs.enabled(self, device) and modality in _sparse_inputs.SPARSE_INPUT_MODALITIES
