@@ -108,6 +108,9 @@ def _rescale_slope(mean_rescaled: np.ndarray, target_sum: float) -> np.ndarray:
 class _ScviRunner:
     """Shared parts of the scvi-tools peers."""
 
+    def __init__(self, model_kwargs: dict | None = None):
+        self.model_kwargs = dict(model_kwargs or {})
+
     def _rows(self, cells: pd.Index) -> np.ndarray:
         rows = self.mdata.obs_names.get_indexer(cells)
         if (rows < 0).any():
@@ -142,9 +145,6 @@ class MultiviRunner(_ScviRunner):
     """scvi-tools MULTIVI over the study's modalities; every modality holds every cell, zeros where missing."""
 
     name = "multivi"
-
-    def __init__(self, model_kwargs: dict | None = None):
-        self.model_kwargs = dict(model_kwargs or {})
 
     def fit(self, study: Study, *, seed: int, max_epochs: int) -> None:
         scvi.settings.seed = seed
@@ -233,9 +233,6 @@ class TotalviRunner(_ScviRunner):
     """scvi-tools TOTALVI on the cells with visible RNA (it needs RNA for every cell); proteins zero where hidden."""
 
     name = "totalvi"
-
-    def __init__(self, model_kwargs: dict | None = None):
-        self.model_kwargs = dict(model_kwargs or {})
 
     def fit(self, study: Study, *, seed: int, max_epochs: int) -> None:
         scvi.settings.seed = seed
