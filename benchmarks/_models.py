@@ -15,6 +15,8 @@ mean counts (background included); ATAC as probabilities.
 
 from __future__ import annotations
 
+import os
+
 import mudata as md
 import numpy as np
 import pandas as pd
@@ -26,6 +28,8 @@ import pengster
 
 from ._tasks import MOD_KEYS, Study, _pad_rows
 
+# "gpu" for runs on a GPU machine (the committed rows say where each was run); CI and the defaults: CPU
+ACCELERATOR = os.environ.get("PENGSTER_BENCH_ACCELERATOR", "cpu")
 TOTALVI_DRAWS = 25
 MULTIVI_DRAWS = 25
 
@@ -62,9 +66,12 @@ class PengsterRunner:
 
     name = "pengster"
 
-    def __init__(self, model_kwargs: dict | None = None, train_kwargs: dict | None = None):
+    def __init__(
+        self, model_kwargs: dict | None = None, train_kwargs: dict | None = None, predict_kwargs: dict | None = None
+    ):
         self.model_kwargs = dict(model_kwargs or {})
         self.train_kwargs = dict(train_kwargs or {})
+        self.predict_kwargs = dict(predict_kwargs or {})
 
     def fit(self, study: Study, *, seed: int, max_epochs: int) -> None:
         scvi.settings.seed = seed
@@ -74,12 +81,14 @@ class PengsterRunner:
         pengster.model.JointVAE.setup_mudata(self.mdata, modalities=modalities, batch_key="batch")
         self.model = pengster.model.JointVAE(self.mdata, **self.model_kwargs)
         train_kwargs = {"batch_size": 256, **self.train_kwargs}
-        self.model.train(max_epochs=max_epochs, accelerator="cpu", enable_progress_bar=False, **train_kwargs)
+        self.model.train(max_epochs=max_epochs, accelerator=ACCELERATOR, enable_progress_bar=False, **train_kwargs)
         self.n_epochs = len(next(iter(self.model.history.values())))
 
     def predict(self, target: str, cells: pd.Index, *, n_samples: int = 1):
         rows = self.mdata.obs_names.get_indexer(cells)
-        result = self.model.predict(target=target, indices=rows, n_samples=n_samples, return_std=n_samples > 1)
+        result = self.model.predict(
+            target=target, indices=rows, n_samples=n_samples, return_std=n_samples > 1, **self.predict_kwargs
+        )
         mean, std = result if n_samples > 1 else (result, None)
         mean = mean.to_numpy(np.float64)
         std = None if std is None else std.to_numpy(np.float64)
@@ -158,7 +167,7 @@ class MultiviRunner(_ScviRunner):
         }
         scvi.model.MULTIVI.setup_mudata(self.mdata, modalities=self.layers, batch_key="batch")
         self.model = scvi.model.MULTIVI(self.mdata, **self.model_kwargs)
-        self.model.train(max_epochs=max_epochs, accelerator="cpu", enable_progress_bar=False, early_stopping=True)
+        self.model.train(max_epochs=max_epochs, accelerator=ACCELERATOR, enable_progress_bar=False, early_stopping=True)
         self.n_epochs = len(next(iter(self.model.history.values())))
 
     def predict(self, target: str, cells: pd.Index, *, n_samples: int = 1):
@@ -249,7 +258,7 @@ class TotalviRunner(_ScviRunner):
             self.mdata, modalities={"rna_layer": "rna", "protein_layer": "prot"}, batch_key="batch"
         )
         self.model = scvi.model.TOTALVI(self.mdata, **self.model_kwargs)
-        self.model.train(max_epochs=max_epochs, accelerator="cpu", enable_progress_bar=False, early_stopping=True)
+        self.model.train(max_epochs=max_epochs, accelerator=ACCELERATOR, enable_progress_bar=False, early_stopping=True)
         self.n_epochs = len(next(iter(self.model.history.values())))
 
     def predict(self, target: str, cells: pd.Index, *, n_samples: int = 1):

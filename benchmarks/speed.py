@@ -155,6 +155,8 @@ def run_one(spec: dict) -> dict:
         modalities = {"rna": "rna", "atac": "atac"} if dataset == "multiome" else {"rna": "rna", "protein": "prot"}
         pengster.model.JointVAE.setup_mudata(mdata, modalities=modalities, batch_key="batch")
         model = pengster.model.JointVAE(mdata)
+        for name, value in (spec.get("module_attrs") or {}).items():
+            setattr(model.module, name, value)
         options = dict(spec.get("options") or {})
         model.train(batch_size=spec["batch_size"], **options, **common)
         batch_size = spec["batch_size"] or pengster.model._speed.auto_batch_size(mdata.n_obs)
@@ -273,6 +275,14 @@ def plan(preset: str, hardware: str, threads: int, epochs: int, h5mu_dir: str) -
             epochs=2,
             h5mu=f"{h5mu_dir}/multiome_1m_100k.h5mu",
         )
+    elif preset == "gpu-precision":
+        # the 100k x 100k comparison with the candidate speed-ups: bf16 autocast, sparse encoders, larger batches
+        add("multivi", "multiome", 100_000, 100_000, 1024, variant="load_sparse_tensor", load_sparse_tensor=True)
+        bf16 = {"precision": "bf16-mixed"}
+        add("pengster", "multiome", 100_000, 100_000, None, variant="fast")
+        add("pengster", "multiome", 100_000, 100_000, None, variant="fast-bf16", options=bf16)
+        add("pengster", "multiome", 100_000, 100_000, None, variant="fast-sparse", module_attrs={"use_sparse": True})
+        add("pengster", "multiome", 100_000, 100_000, 4096, variant="fast-bf16-bs4096", options=bf16)
     else:
         raise ValueError(f"unknown preset {preset!r}")
     return specs
@@ -319,7 +329,7 @@ def markdown(records: list[dict]) -> str:
 
 def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--preset", choices=["cpu", "gpu", "gpu-precision"], default="cpu")
     parser.add_argument("--hardware", default=None, help="label, e.g. H100 or cpu-2core (default: detected)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=3)

@@ -59,6 +59,23 @@ CANDIDATES: dict[str, tuple[dict, dict]] = {
     "lr_3e-3": (OFF, {"plan_kwargs": {"lr": 3e-3}}),
     "cell_factor": ({"predict_cell_factor": True}, OLD_LR),
     "encode_covariates": ({**OFF, "encode_covariates": True}, OLD_LR),
+    # pengster's current defaults (lr 3e-3, predicted cell factor, RNA bridge and MMD where the RNA panels differ)
+    "current": ({}, {}),
+    "bridge_off": ({"bridge_weight": 0.0, "mixing_weight": 0.0}, {}),
+    "mixing_off": ({"mixing_weight": 0.0}, {}),
+    "mixing_3": ({"mixing_weight": 3.0}, {}),
+}
+
+
+# the current defaults and the RNA bridge / MMD alternatives, compared on the mosaics (the later stages)
+MOSAIC_CANDIDATES = ("current", "bridge_off", "mixing_off", "mixing_3")
+
+# name -> predict keyword arguments: read-outs of one trained model, scored side by side (no retraining)
+READOUTS: dict[str, dict] = {
+    "decoder": {"reference_neighbors": None},
+    "neighbors_10": {"reference_neighbors": 10},
+    "neighbors_20": {"reference_neighbors": 20},
+    "neighbors_50": {"reference_neighbors": 50},
 }
 
 
@@ -113,8 +130,13 @@ def run(
     baselines: bool,
     runs_path: Path,
     snare_cells: int | None = None,
+    readouts: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Train and score every candidate on every dataset's validation split; append rows to ``runs_path``."""
+    """Train and score every candidate on every dataset's validation split; append rows to ``runs_path``.
+
+    With ``readouts``, each trained candidate is scored once per read-out (:data:`READOUTS`), as candidate
+    ``<candidate>+<readout>``.
+    """
     import torch
 
     torch.set_num_threads(1)
@@ -146,8 +168,11 @@ def run(
                 runner.fit(study, seed=seed, max_epochs=config.max_epochs)
                 seconds = time.perf_counter() - start
                 logger.info("%s %s seed %d: %d epochs in %.0f s", config.dataset, name, seed, runner.n_epochs, seconds)
-                for row in accuracy._model_rows(runner, study, config, seed, seconds):
-                    rows.append({**row, "candidate": name, "n_epochs": runner.n_epochs})
+                for readout in readouts or [None]:
+                    runner.predict_kwargs = READOUTS[readout] if readout else {}
+                    label = f"{name}+{readout}" if readout else name
+                    for row in accuracy._model_rows(runner, study, config, seed, seconds):
+                        rows.append({**row, "candidate": label, "n_epochs": runner.n_epochs})
                 pd.DataFrame(rows).to_csv(runs_path, index=False)
     return pd.DataFrame(rows)
 
@@ -223,7 +248,14 @@ def markdown(summary: pd.DataFrame, stages: dict[str, list[str]], *, note: str) 
 
 STAGES = {
     "model change: ATAC cell factor predicted from the other modalities' depth": ["default", "cell_factor"],
-    "stage 1: one setting at a time": [c for c in CANDIDATES if c != "cell_factor"],
+    "stage 1: one setting at a time": [c for c in CANDIDATES if c not in ("cell_factor", *MOSAIC_CANDIDATES)],
+    "read-out of predict: decoder alone or averaged with k reference neighbours": [
+        f"current+{readout}" for readout in READOUTS
+    ],
+    "RNA bridge and MMD weights on the mosaics (decoder read-out)": [f"{c}+decoder" for c in MOSAIC_CANDIDATES],
+    "RNA bridge and MMD weights on the mosaics (20-neighbour read-out)": [
+        f"{c}+neighbors_20" for c in MOSAIC_CANDIDATES
+    ],
 }
 
 
@@ -233,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--datasets", nargs="+", help="only these datasets")
     parser.add_argument("--baselines", action="store_true", help="also score kNN, ridge and mean on the split")
+    parser.add_argument("--readouts", nargs="+", choices=list(READOUTS), help="score each fit with these read-outs")
     parser.add_argument("--snare-cells", type=int, help="at most this many SNARE-seq2 fit cells")
     parser.add_argument("--runs", type=Path, default=Path("tune_runs.csv"), help="per-seed rows (CSV) to write")
     parser.add_argument("--from-runs", type=Path, nargs="+", help="summarize these CSVs into results/tune.*")
@@ -248,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
             baselines=args.baselines,
             runs_path=args.runs,
             snare_cells=args.snare_cells,
+            readouts=args.readouts,
         )
         return
     runs = pd.concat([pd.read_csv(path) for path in args.from_runs], ignore_index=True)

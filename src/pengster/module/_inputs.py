@@ -41,4 +41,16 @@ def clr(counts: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
     return torch.log1p(counts / log_geometric_mean.exp())
 
 
+def observed_values(modality: str, counts: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
+    """Measured values on the scale predictions are reported in: log1p per 10k, binary accessibility, CLR.
+
+    Features outside ``feature_mask`` are 0.
+    """
+    if modality == "rna":
+        return rna_encoder_input(counts, feature_mask)
+    if modality == "atac":
+        return (counts > 0).to(counts.dtype) * feature_mask
+    return protein_encoder_input(counts, feature_mask)
+
+
 ENCODER_INPUTS = {"rna": rna_encoder_input, "atac": atac_encoder_input, "protein": protein_encoder_input}

@@ -1,0 +1,70 @@
+"""The reference read-out of JointVAE.predict: decoder averaged with the nearest training cells' measured values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import sparse
+from sklearn.neighbors import NearestNeighbors
+
+import pengster
+from pengster.model import JointVAE
+
+MODALITIES = {"rna": "rna", "atac": "atac", "protein": "prot"}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    mdata = pengster.data.synthetic_mosaic(
+        n_cells={"multiome": 80, "cite": 70}, n_genes=40, n_peaks=50, n_proteins=10, gene_overlap=1.0, seed=4
+    )
+    JointVAE.setup_mudata(mdata, modalities=MODALITIES, batch_key="batch")
+    model = JointVAE(mdata, n_latent=5, n_hidden=32)
+    model.train(max_epochs=3, batch_size=64, enable_progress_bar=False)
+    return model
+
+
+def _clr(counts: np.ndarray) -> np.ndarray:
+    return np.log1p(counts / np.exp(np.log1p(counts).mean(1, keepdims=True)))
+
+
+def test_prediction_is_decoder_averaged_with_nearest_other_training_cells(model):
+    mdata, k = model.mdata, 3
+    decoder = model.predict(target="protein", source="rna", reference_neighbors=None).to_numpy()
+    blended = model.predict(target="protein", source="rna", reference_neighbors=k).to_numpy()
+    counts = mdata["prot"].X
+    counts = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
+    reference = mdata.obs_names.get_indexer(mdata["prot"].obs_names)
+    values = _clr(counts.astype(np.float64))
+    latent = model.get_latent_representation()[reference]
+    query = model.get_latent_representation(modality="rna")
+    has_rna = ~np.isnan(query).any(1)
+    _, found = NearestNeighbors(n_neighbors=k + 1).fit(latent).kneighbors(query[has_rna])
+    expected = decoder.copy()
+    for row, neighbours in zip(np.flatnonzero(has_rna), found, strict=True):
+        others = [n for n in neighbours if reference[n] != row][:k]
+        expected[row] = 0.5 * (decoder[row] + values[others].mean(0))
+    np.testing.assert_allclose(blended, expected, rtol=1e-4, atol=1e-4)
+    # the cells that measured protein are not their own neighbours: their measured values never leak in
+    assert not np.allclose(blended[reference], 0.5 * (decoder[reference] + values), atol=1e-3)
+
+
+def test_no_reference_neighbors_is_the_decoder_alone(model):
+    blended = model.predict(target="rna", reference_neighbors=5).to_numpy()
+    for off in (None, 0):
+        decoder = model.predict(target="rna", reference_neighbors=off).to_numpy()
+        assert not np.allclose(decoder, blended)
+        np.testing.assert_array_equal(decoder, model.predict(target="rna", reference_neighbors=None).to_numpy())
+
+
+def test_samples_keep_the_decoders_spread(model):
+    torch.manual_seed(0)
+    mean, std = model.predict(target="atac", n_samples=4)
+    torch.manual_seed(0)
+    decoder_mean, decoder_std = model.predict(target="atac", n_samples=4, reference_neighbors=None)
+    np.testing.assert_allclose(std.to_numpy(), decoder_std.to_numpy(), rtol=1e-5)
+    assert (std.to_numpy() > 0).any() and not np.allclose(mean.to_numpy(), decoder_mean.to_numpy())
+    # binary neighbours averaged with probabilities stay probabilities
+    assert mean.to_numpy().min() >= 0 and mean.to_numpy().max() <= 1
