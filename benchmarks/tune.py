@@ -76,6 +76,7 @@ READOUTS: dict[str, dict] = {
     "neighbors_10": {"reference_neighbors": 10},
     "neighbors_20": {"reference_neighbors": 20},
     "neighbors_50": {"reference_neighbors": 50},
+    "auto": {"reference_neighbors": "auto"},
 }
 
 

@@ -52,19 +52,34 @@ def test_prediction_is_decoder_averaged_with_nearest_other_training_cells(model)
 
 
 def test_no_reference_neighbors_is_the_decoder_alone(model):
-    blended = model.predict(target="rna", reference_neighbors=5).to_numpy()
+    blended = model.predict(target="rna", source="protein", reference_neighbors=5).to_numpy()
     for off in (None, 0):
-        decoder = model.predict(target="rna", reference_neighbors=off).to_numpy()
-        assert not np.allclose(decoder, blended)
-        np.testing.assert_array_equal(decoder, model.predict(target="rna", reference_neighbors=None).to_numpy())
+        decoder = model.predict(target="rna", source="protein", reference_neighbors=off).to_numpy()
+        assert not np.allclose(decoder, blended, equal_nan=True)
+        reference = model.predict(target="rna", source="protein", reference_neighbors=None).to_numpy()
+        np.testing.assert_array_equal(decoder, reference)
 
 
 def test_samples_keep_the_decoders_spread(model):
     torch.manual_seed(0)
-    mean, std = model.predict(target="atac", n_samples=4)
+    mean, std = model.predict(target="atac", n_samples=4, reference_neighbors=20)
     torch.manual_seed(0)
     decoder_mean, decoder_std = model.predict(target="atac", n_samples=4, reference_neighbors=None)
     np.testing.assert_allclose(std.to_numpy(), decoder_std.to_numpy(), rtol=1e-5)
     assert (std.to_numpy() > 0).any() and not np.allclose(mean.to_numpy(), decoder_mean.to_numpy())
     # binary neighbours averaged with probabilities stay probabilities
     assert mean.to_numpy().min() >= 0 and mean.to_numpy().max() <= 1
+
+
+def test_auto_uses_neighbours_except_for_atac_targets_and_atac_only_sources(model):
+    def same(target, source, k):
+        auto = model.predict(target=target, source=source).to_numpy()
+        other = model.predict(target=target, source=source, reference_neighbors=k).to_numpy()
+        return np.allclose(auto, other, equal_nan=True)
+
+    assert same("rna", "protein", 50) and not same("rna", "protein", None)
+    assert same("protein", ["rna", "atac"], 50)
+    assert same("atac", "rna", None) and not same("atac", "rna", 50)
+    assert same("rna", "atac", None)
+    with pytest.raises(ValueError, match="reference_neighbors='near'"):
+        model.predict(target="rna", reference_neighbors="near")

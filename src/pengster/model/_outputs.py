@@ -17,8 +17,9 @@ from pengster._constants import REGISTRY_KEYS
 from ._neighbors import Reference
 
 REFERENCE_NEIGHBORS = 50
-"""Default ``reference_neighbors`` of :meth:`~pengster.model.JointVAE.predict` (chosen on a validation split of the
-benchmark's training cells, ``benchmarks/results/tune.md``)."""
+"""Neighbours of ``reference_neighbors="auto"`` in :meth:`~pengster.model.JointVAE.predict` when ATAC is neither
+the target nor the only source (chosen on a validation split of the benchmark's training cells,
+``benchmarks/results/tune.md``)."""
 
 
 def _minibatches(self, mdata, indices, batch_size) -> Iterator[dict[str, torch.Tensor]]:
@@ -117,7 +118,7 @@ def predict(
     source: str | Sequence[str] | None = None,
     n_samples: int = 1,
     return_std: bool | None = None,
-    reference_neighbors: int | None = REFERENCE_NEIGHBORS,
+    reference_neighbors: int | str | None = "auto",
     indices: Sequence[int] | None = None,
     batch_size: int | None = None,
 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
@@ -136,11 +137,14 @@ def predict(
     return_std
         Also return the standard deviation over samples (default: when ``n_samples > 1``).
     reference_neighbors
+        ``"auto"``: 50, but None when ``target`` is ``atac`` or ``atac`` is the only source (single nuclei's binary
+        peaks, and latents from them alone, are too noisy to average: on the validation split neighbours lowered
+        those predictions and raised the others).
         ``k``: the prediction is the average of the decoded value and the mean measured ``target`` of the ``k``
         training cells nearest in the joint latent to the cell's posterior mean, among those that measured
         ``target`` (the cell itself excluded; at most 50,000 of them, a random subset beyond). The standard
         deviation is the decoded part's. None or 0: the decoder alone, which is also used when no training cell
-        measured ``target`` (a query model whose data lacks it). The default 50 was chosen on a validation split of
+        measured ``target`` (a query model whose data lacks it). The default was chosen on a validation split of
         the benchmark's training cells.
     indices
         Cells to predict (default: all).
@@ -172,6 +176,13 @@ def predict(
     if n_samples < 1:
         raise ValueError(f"n_samples={n_samples}; pass n_samples >= 1.")
     return_std = n_samples > 1 if return_std is None else return_std
+    if reference_neighbors == "auto":
+        atac_only = target == "atac" or set(sources) == {"atac"}
+        reference_neighbors = None if atac_only else REFERENCE_NEIGHBORS
+    elif isinstance(reference_neighbors, str) or (reference_neighbors is not None and reference_neighbors < 0):
+        raise ValueError(
+            f"reference_neighbors={reference_neighbors!r}; pass 'auto', a number of neighbours >= 0, or None."
+        )
     reference = Reference(self, target, reference_neighbors, batch_size=batch_size) if reference_neighbors else None
     if reference is not None and reference.size == 0:
         reference = None
