@@ -412,6 +412,5 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
     _check_modality = _outputs._check_modality
     get_latent_representation = _outputs.get_latent_representation
     _decode_scaled = _outputs._decode_scaled
-    _frame = _outputs._frame
     predict = _outputs.predict
     get_normalized_expression = _outputs.get_normalized_expression

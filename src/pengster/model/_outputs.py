@@ -103,12 +103,6 @@ def _decode_scaled(self, target, z, tensors, *, denoised: bool, cell_factor=None
     return values
 
 
-def _frame(self, values: np.ndarray, mdata, indices, target: str) -> pd.DataFrame:
-    aligned = self._aligned(mdata)
-    obs_names = aligned.obs_names if indices is None else aligned.obs_names[np.asarray(indices)]
-    return pd.DataFrame(values, index=obs_names, columns=aligned.mod[self.modalities[target]].var_names)
-
-
 @torch.inference_mode()
 def predict(
     self,
@@ -187,7 +181,8 @@ def predict(
     if reference is not None and reference.size == 0:
         reference = None
     aligned = self._aligned(mdata)
-    names = np.asarray(aligned.obs_names if indices is None else aligned.obs_names[np.asarray(indices)])
+    cells = aligned.obs_names if indices is None else aligned.obs_names[np.asarray(indices)]
+    names = np.asarray(cells)
     means, stds, start = [], [], 0
     for tensors in self._minibatches(mdata, indices, batch_size):
         inputs = self.module._get_inference_input(tensors)
@@ -209,10 +204,11 @@ def predict(
         std = torch.where(available.unsqueeze(-1), std, torch.nan)
         means.append(mean.cpu().numpy())
         stds.append(std.cpu().numpy())
-    mean = self._frame(np.concatenate(means), mdata, indices, target)
+    features = aligned.mod[self.modalities[target]].var_names
+    mean = pd.DataFrame(np.concatenate(means), index=cells, columns=features)
     if not return_std:
         return mean
-    return mean, self._frame(np.concatenate(stds), mdata, indices, target)
+    return mean, pd.DataFrame(np.concatenate(stds), index=cells, columns=features)
 
 
 @torch.inference_mode()
