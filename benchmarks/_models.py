@@ -92,7 +92,7 @@ class PengsterRunner:
         mean, std = result if n_samples > 1 else (result, None)
         mean = mean.to_numpy(np.float64)
         std = None if std is None else std.to_numpy(np.float64)
-        if target == "rna":
+        if target == "rna" and self.predict_kwargs.get("reference_layer") is None:
             # predictions are log1p(p * 1e4); move them to the data's normalized scale (std by the delta method)
             mean = np.log1p(np.expm1(mean) / 1e4 * self.study.target_sum())
             if std is not None:

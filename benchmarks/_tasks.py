@@ -17,6 +17,8 @@ from scipy import sparse
 import pengster
 
 MOD_KEYS = {"rna": "rna", "atac": "atac", "protein": "prot"}
+# the layer of Study.mudata(layout="mosaic") that holds the scored (normalized) values of the visible cells
+SCORED_LAYER = "normalized"
 SNARE_TOP_PEAKS = 5000
 SNARE_TEST_LIBRARIES = ("09G", "09H")
 
@@ -86,7 +88,8 @@ class Study:
     def mudata(self, *, layout: str = "mosaic") -> md.MuData:
         """Visible counts as a MuData (counts in X).
 
-        ``mosaic``: each modality holds only the cells that show it (pengster). ``full``: every modality holds
+        ``mosaic``: each modality holds only the cells that show it (pengster), with their scored values in layer
+        :data:`SCORED_LAYER` (0 where unmeasured). ``full``: every modality holds
         every cell, zeros where hidden or unmeasured (MULTIVI and TOTALVI read all-zero rows as missing).
         """
         mods = {}
@@ -98,8 +101,12 @@ class Study:
             part.var_names = adata.var_names
             if layout == "full":
                 part = _pad_rows(part, self.obs.index)
-            elif modality in self.measured:
-                part.varm["measured"] = self.measured[modality].loc[part.var_names]
+            else:
+                rows = self.counts[modality].obs_names.get_indexer(adata.obs_names)
+                scored = np.nan_to_num(self.scored[modality][rows])
+                part.layers[SCORED_LAYER] = sparse.csr_matrix(scored, dtype=np.float32)
+                if modality in self.measured:
+                    part.varm["measured"] = self.measured[modality].loc[part.var_names]
             mods[key] = part
         with md.set_options(pull_on_update=False):
             mdata = md.MuData(mods)

@@ -46,6 +46,9 @@ MULTIVI_EPOCHS = {"bmmc_cite": 500, "bmmc_multiome": 500, "bmmc_mosaic": 500, "p
 # empty: pengster runs with its defaults, which were chosen on a validation split of training cells (tune.py)
 PENGSTER_MODEL_KWARGS: dict = {}
 PENGSTER_TRAIN_KWARGS: dict = {}
+# predictions on the data's own normalized scale: the neighbours average the scored values of the training cells
+# (what kNN and ridge learn from) and the decoder is mapped onto them per feature (chosen on the validation split)
+PENGSTER_PREDICT_KWARGS: dict = {"reference_layer": _tasks.SCORED_LAYER}
 
 
 @dataclass
@@ -173,7 +176,7 @@ def _replace_load(config: Config, load, max_epochs: int) -> Config:
 
 def _runner(method: str):
     if method == "pengster":
-        return PengsterRunner(PENGSTER_MODEL_KWARGS, PENGSTER_TRAIN_KWARGS)
+        return PengsterRunner(PENGSTER_MODEL_KWARGS, PENGSTER_TRAIN_KWARGS, PENGSTER_PREDICT_KWARGS)
     return {"multivi": MultiviRunner, "totalvi": TotalviRunner}[method]()
 
 

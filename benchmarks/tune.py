@@ -77,6 +77,9 @@ READOUTS: dict[str, dict] = {
     "neighbors_20": {"reference_neighbors": 20},
     "neighbors_50": {"reference_neighbors": 50},
     "auto": {"reference_neighbors": "auto"},
+    # the same, reported on the data's own normalized scale (the layer that holds what the benchmark scores)
+    "decoder_layer": {"reference_neighbors": None, "reference_layer": _tasks.SCORED_LAYER},
+    "auto_layer": {"reference_neighbors": "auto", "reference_layer": _tasks.SCORED_LAYER},
 }
 
 
@@ -251,7 +254,10 @@ STAGES = {
     "model change: ATAC cell factor predicted from the other modalities' depth": ["default", "cell_factor"],
     "stage 1: one setting at a time": [c for c in CANDIDATES if c not in ("cell_factor", *MOSAIC_CANDIDATES)],
     "read-out of predict: decoder alone or averaged with k reference neighbours": [
-        f"current+{readout}" for readout in READOUTS
+        f"current+{readout}" for readout in READOUTS if not readout.endswith("_layer")
+    ],
+    "read-out on pengster's scale or on the data's own normalized scale (reference_layer)": [
+        f"current+{readout}" for readout in ("decoder", "auto", "decoder_layer", "auto_layer")
     ],
     "RNA bridge and MMD weights on the mosaics (decoder read-out)": [f"{c}+decoder" for c in MOSAIC_CANDIDATES],
     "RNA bridge and MMD weights on the mosaics (20-neighbour read-out)": [

@@ -60,15 +60,21 @@ def test_no_reference_neighbors_is_the_decoder_alone(model):
         np.testing.assert_array_equal(decoder, reference)
 
 
-def test_samples_keep_the_decoders_spread(model):
+def test_std_adds_the_neighbours_spread_to_the_decoders(model):
+    k = 20
     torch.manual_seed(0)
-    mean, std = model.predict(target="atac", n_samples=4, reference_neighbors=20)
+    mean, std = model.predict(target="atac", n_samples=4, reference_neighbors=k)
     torch.manual_seed(0)
     decoder_mean, decoder_std = model.predict(target="atac", n_samples=4, reference_neighbors=None)
-    np.testing.assert_allclose(std.to_numpy(), decoder_std.to_numpy(), rtol=1e-5)
-    assert (std.to_numpy() > 0).any() and not np.allclose(mean.to_numpy(), decoder_mean.to_numpy())
+    assert (decoder_std.to_numpy() > 0).any() and not np.allclose(mean.to_numpy(), decoder_mean.to_numpy())
     # binary neighbours averaged with probabilities stay probabilities
     assert mean.to_numpy().min() >= 0 and mean.to_numpy().max() <= 1
+    # the neighbours' mean p of open peaks is 2 * blend - decoder; their (population) variance is p (1 - p)
+    p = (2 * mean.to_numpy() - decoder_mean.to_numpy()).clip(0, 1)
+    has_source = ~np.isnan(decoder_std.to_numpy()).any(1)
+    expected = np.sqrt(decoder_std.to_numpy() ** 2 + p * (1 - p))[has_source]
+    np.testing.assert_allclose(std.to_numpy()[has_source], expected, rtol=1e-3, atol=1e-4)
+    assert (std.to_numpy()[has_source] > decoder_std.to_numpy()[has_source] + 1e-3).any()
 
 
 def test_auto_uses_neighbours_except_for_atac_targets_and_atac_only_sources(model):
@@ -83,3 +89,59 @@ def test_auto_uses_neighbours_except_for_atac_targets_and_atac_only_sources(mode
     assert same("rna", "atac", None)
     with pytest.raises(ValueError, match="reference_neighbors='near'"):
         model.predict(target="rna", reference_neighbors="near")
+
+
+def _protein_layer(model, name: str, transform) -> np.ndarray:
+    """Put ``transform(CLR)`` of the measured protein into ``layer`` ``name``; return the layer."""
+    counts = model.mdata["prot"].X
+    counts = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
+    values = transform(_clr(counts.astype(np.float64)))
+    model.mdata["prot"].layers[name] = values
+    return values
+
+
+def _lines(decoded: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    slopes, intercepts = [], []
+    for column in range(decoded.shape[1]):
+        slope, intercept = np.polyfit(decoded[:, column], observed[:, column], 1)
+        slopes.append(max(slope, 0.0))
+        intercepts.append(intercept if slope > 0 else observed[:, column].mean())
+    return np.array(slopes), np.array(intercepts)
+
+
+def test_reference_layer_reports_on_the_layers_scale(model):
+    mdata, k = model.mdata, 3
+    layer = _protein_layer(model, "scaled", lambda clr: 3.0 * clr + 2.0)
+    reference = mdata.obs_names.get_indexer(mdata["prot"].obs_names)
+    decoder = model.predict(target="protein", source="rna", reference_neighbors=None).to_numpy()
+    slope, intercept = _lines(decoder[reference], layer)
+    mapped = model.predict(target="protein", source="rna", reference_neighbors=None, reference_layer="scaled")
+    np.testing.assert_allclose(mapped.to_numpy(), intercept + slope * decoder, rtol=1e-4, atol=1e-4)
+
+    pengster_scale = model.predict(target="protein", source="rna", reference_neighbors=k).to_numpy()
+    blended = model.predict(target="protein", source="rna", reference_neighbors=k, reference_layer="scaled")
+    # neighbours average the layer (3 * CLR + 2) instead of the CLR; the decoder half is the mapped decoder
+    neighbours = 2.0 * pengster_scale - decoder
+    expected = 0.5 * (intercept + slope * decoder + 3.0 * neighbours + 2.0)
+    np.testing.assert_allclose(blended.to_numpy(), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(mdata["prot"].layers["scaled"], layer)  # the user's layer is untouched
+
+
+def test_reference_layer_never_reverses_a_feature(model):
+    layer = _protein_layer(model, "reversed", lambda clr: -clr)
+    model.mdata["prot"].layers["reversed"] = sparse.csr_matrix(layer, dtype=np.float32)
+    mapped = model.predict(target="protein", source="rna", reference_neighbors=None, reference_layer="reversed")
+    # decoded and measured CLR rise together, so every line to -CLR falls: clipped to slope 0, the layer's mean
+    decoder = model.predict(target="protein", source="rna", reference_neighbors=None).to_numpy()
+    reference = model.mdata.obs_names.get_indexer(model.mdata["prot"].obs_names)
+    rising = _lines(decoder[reference], -layer)[0] > 0
+    assert rising.any()
+    has_rna = ~np.isnan(decoder).any(1)
+    values = mapped.to_numpy()[has_rna][:, rising]
+    np.testing.assert_allclose(values, np.broadcast_to(layer.mean(0)[rising], values.shape), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(model.mdata["prot"].layers["reversed"].toarray(), layer, rtol=1e-6)
+
+
+def test_reference_layer_errors_name_the_layer_and_the_fix(model):
+    with pytest.raises(ValueError, match=r"reference_layer='nope' is not a layer of mdata.mod\['prot'\].*'X' for .X"):
+        model.predict(target="protein", reference_layer="nope")

@@ -22,10 +22,13 @@ class Reference:
     """The training cells that measured ``target``: their joint latent means and observed ``target`` values.
 
     Values are on the reporting scale of :meth:`~pengster.model.JointVAE.predict` (log1p per 10k, binary
-    accessibility, CLR), zero at features the cell's panel did not measure.
+    accessibility, CLR), or the cells' values in ``layer`` of the user's target modality (``"X"`` for ``.X``);
+    zero at features the cell's panel did not measure.
     """
 
-    def __init__(self, model, target: str, n_neighbors: int, *, batch_size: int | None = None):
+    def __init__(
+        self, model, target: str, n_neighbors: int | None, *, batch_size: int | None = None, layer: str | None = None
+    ):
         module = model.module
         latents, values, panels, names = [], [], [], []
         obs_names = model.adata.obs_names
@@ -58,11 +61,16 @@ class Reference:
             keep = np.sort(np.random.default_rng(0).choice(self.size, MAX_REFERENCE_CELLS, replace=False))
             self.size = MAX_REFERENCE_CELLS
         self.latent = torch.as_tensor(np.concatenate(latents)[keep], device=model.device)
-        self.values = sparse.vstack(values).tocsr()[keep]
         self.names = np.concatenate(names)[keep]
+        self.rows = obs_names.get_indexer(self.names)
         table = getattr(module, f"feature_mask_{target}").cpu().numpy()
         # panel one-hot @ mask table = each reference cell's measured features, without a cells x features matrix
         panel = np.concatenate(panels)[keep]
+        self.values = (
+            sparse.vstack(values).tocsr()[keep]
+            if layer is None
+            else layer_values(model, target, layer, self.names, table[panel.astype(np.int64)] > 0)
+        )
         self.panel_onehot = sparse.csr_matrix(
             (np.ones(len(panel)), (np.arange(len(panel)), panel)), shape=(len(panel), table.shape[0])
         )
@@ -76,11 +84,12 @@ class Reference:
             found.append(distances.topk(k, dim=1, largest=False).indices.cpu().numpy())
         return np.concatenate(found)
 
-    def average(self, z: torch.Tensor, query_names: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean measured values of the neighbours of each row of ``z``, and where any neighbour measured the feature.
+    def average(self, z: torch.Tensor, query_names: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean and variance of the neighbours' measured values for each row of ``z``, and where any measured them.
 
         ``z`` has shape ``(n_cells, n_latent)``; a query cell that is itself a reference cell is never its own
-        neighbour. Returns two tensors of shape ``(n_cells, n_features)``: values, and 1.0 where covered.
+        neighbour. Returns three tensors of shape ``(n_cells, n_features)``: mean, variance (over the neighbours
+        that measured the feature), and 1.0 where covered.
         """
         k = min(self.n_neighbors, self.size - 1) if self.size > 1 else 1
         found = self._nearest(z, min(k + 1, self.size))
@@ -93,9 +102,74 @@ class Reference:
             (np.full(rows.size, 1.0 / k), (rows, chosen.ravel())), shape=(len(chosen), self.size)
         )
         total = np.asarray((weights @ self.values).todense())
+        squares = np.asarray((weights @ self.values.multiply(self.values)).todense())
         measured = np.asarray((weights @ self.panel_onehot).todense()) @ self.table
         mean = np.divide(total, measured, out=np.zeros_like(total), where=measured > 0)
-        return (
-            torch.as_tensor(mean, dtype=torch.float32, device=z.device),
-            torch.as_tensor(measured > 0, dtype=torch.float32, device=z.device),
+        variance = np.divide(squares, measured, out=np.zeros_like(total), where=measured > 0) - mean**2
+        return tuple(
+            torch.as_tensor(value, dtype=torch.float32, device=z.device)
+            for value in (mean, variance.clip(min=0.0), measured > 0)
         )
+
+
+def layer_values(model, target: str, layer: str, names: np.ndarray, measured: np.ndarray) -> sparse.csr_matrix:
+    """The cells ``names``' values in ``layer`` (``"X"``: ``.X``) of the user's ``target`` modality, as CSR.
+
+    Entries the cell's panel did not measure (``measured`` False) and NaNs are zero.
+    """
+    key = model.modalities[target]
+    adata = model.mdata.mod[key]
+    if layer != "X" and layer not in adata.layers:
+        raise ValueError(
+            f"reference_layer={layer!r} is not a layer of mdata.mod[{key!r}] (the training data); its layers are "
+            f"{list(adata.layers)}. Pass one of them, 'X' for .X, or None for pengster's own scale."
+        )
+    rows = adata.obs_names.get_indexer(names)
+    if (rows < 0).any():
+        raise ValueError(
+            f"reference_layer={layer!r}: {int((rows < 0).sum())} training cells are missing from mdata.mod[{key!r}] "
+            f"(e.g. {names[rows < 0][0]!r}); pass the MuData the model was set up with."
+        )
+    matrix = adata.X if layer == "X" else adata.layers[layer]
+    values = matrix[np.sort(rows)]
+    if hasattr(values, "to_memory"):  # backed
+        values = values.to_memory()
+    values = sparse.csr_matrix(values, dtype=np.float32)[np.argsort(np.argsort(rows))]
+    values.data = np.nan_to_num(values.data, nan=0.0, posinf=0.0, neginf=0.0)
+    cells = np.repeat(np.arange(values.shape[0]), np.diff(values.indptr))
+    values.data *= measured[cells, values.indices]
+    values.eliminate_zeros()
+    return values
+
+
+def fit_lines(model, reference: Reference, predict_kwargs: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature least-squares line from the decoded value to the reference cells' own value.
+
+    The reference cells are decoded exactly as the query (``predict_kwargs``: target, sources, decoder alone); only
+    the cells and features that both have enter a feature's fit. The slope is clipped at 0, so the map never
+    reverses a feature's ranking of cells. Returns ``(slope, intercept)``, each of shape ``(n_features,)``.
+    """
+    n_features = reference.values.shape[1]
+    sums = {name: np.zeros(n_features) for name in ("w", "x", "y", "xx", "xy")}
+    for start in range(0, reference.size, SEARCH_CHUNK):
+        chunk = slice(start, start + SEARCH_CHUNK)
+        cuda = [model.device] if model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # as in Reference: the caller's random state is kept
+            decoded = model.predict(indices=reference.rows[chunk], n_samples=1, **predict_kwargs)
+        decoded = decoded.to_numpy(np.float64)
+        observed = reference.values[chunk].toarray().astype(np.float64)
+        weight = (reference.panel_onehot[chunk] @ reference.table > 0) & ~np.isnan(decoded)
+        decoded = np.where(weight, decoded, 0.0)
+        observed = np.where(weight, observed, 0.0)
+        sums["w"] += weight.sum(0)
+        sums["x"] += decoded.sum(0)
+        sums["y"] += observed.sum(0)
+        sums["xx"] += (decoded * decoded).sum(0)
+        sums["xy"] += (decoded * observed).sum(0)
+    n = sums["w"]
+    covariance = n * sums["xy"] - sums["x"] * sums["y"]
+    variance = n * sums["xx"] - sums["x"] ** 2
+    slope = np.divide(covariance, variance, out=np.zeros(n_features), where=variance > 1e-12 * np.maximum(n, 1) ** 2)
+    slope = slope.clip(min=0.0)
+    intercept = np.divide(sums["y"] - slope * sums["x"], n, out=np.zeros(n_features), where=n > 0)
+    return slope, intercept

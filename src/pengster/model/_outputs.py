@@ -14,7 +14,7 @@ from mudata import MuData
 
 from pengster._constants import REGISTRY_KEYS
 
-from ._neighbors import Reference
+from ._neighbors import Reference, fit_lines
 
 REFERENCE_NEIGHBORS = 50
 """Neighbours of ``reference_neighbors="auto"`` in :meth:`~pengster.model.JointVAE.predict` when ATAC is neither
@@ -113,6 +113,7 @@ def predict(
     n_samples: int = 1,
     return_std: bool | None = None,
     reference_neighbors: int | str | None = "auto",
+    reference_layer: str | None = None,
     indices: Sequence[int] | None = None,
     batch_size: int | None = None,
 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
@@ -129,17 +130,25 @@ def predict(
     n_samples
         1: decode the posterior mean. More: decode that many posterior samples and average.
     return_std
-        Also return the standard deviation over samples (default: when ``n_samples > 1``).
+        Also return the predictive standard deviation (default: when ``n_samples > 1``): the decoded value's spread
+        over the posterior samples, combined (square root of the summed variances) with the spread of the
+        reference neighbours' measured values where they are used, so that it also covers the cell-to-cell noise
+        of a measurement.
     reference_neighbors
         ``"auto"``: 50, but None when ``target`` is ``atac`` or ``atac`` is the only source (single nuclei's binary
         peaks, and latents from them alone, are too noisy to average: on the validation split neighbours lowered
         those predictions and raised the others).
         ``k``: the prediction is the average of the decoded value and the mean measured ``target`` of the ``k``
         training cells nearest in the joint latent to the cell's posterior mean, among those that measured
-        ``target`` (the cell itself excluded; at most 50,000 of them, a random subset beyond). The standard
-        deviation is the decoded part's. None or 0: the decoder alone, which is also used when no training cell
-        measured ``target`` (a query model whose data lacks it). The default was chosen on a validation split of
-        the benchmark's training cells.
+        ``target`` (the cell itself excluded; at most 50,000 of them, a random subset beyond). None or 0: the
+        decoder alone, which is also used when no training cell measured ``target`` (a query model whose data
+        lacks it). The default was chosen on a validation split of the benchmark's training cells.
+    reference_layer
+        None: predictions on pengster's scale (below). A layer of the training data's ``target`` modality (``"X"``
+        for its ``.X``), e.g. your own normalized values: predictions on that layer's scale. The neighbours then
+        average their values in that layer, and the decoded value is mapped onto it by a least-squares line per
+        feature (slope >= 0), fitted over the training cells that measured ``target``, decoded from the same
+        sources as the query. The decoded value's spread is scaled by the slope.
     indices
         Cells to predict (default: all).
     batch_size
@@ -148,8 +157,8 @@ def predict(
     Returns
     -------
     DataFrame (cells x target features) in the target's scale: ``rna`` log1p of counts per 10k, ``atac``
-    accessibility probability, ``protein`` CLR of counts. Rows of cells with none of the source modalities
-    are NaN. With ``return_std``, a tuple ``(mean, std)``.
+    accessibility probability, ``protein`` CLR of counts (or ``reference_layer``'s scale). Rows of cells with none
+    of the source modalities are NaN. With ``return_std``, a tuple ``(mean, std)``.
     """
     self._check_if_trained(warn=False)
     self._check_modality(target, argument="target")
@@ -177,9 +186,21 @@ def predict(
         raise ValueError(
             f"reference_neighbors={reference_neighbors!r}; pass 'auto', a number of neighbours >= 0, or None."
         )
-    reference = Reference(self, target, reference_neighbors, batch_size=batch_size) if reference_neighbors else None
-    if reference is not None and reference.size == 0:
-        reference = None
+    reference = None
+    if reference_neighbors or reference_layer is not None:
+        reference = Reference(self, target, reference_neighbors, batch_size=batch_size, layer=reference_layer)
+        if reference.size == 0:
+            if reference_layer is not None:
+                raise ValueError(
+                    f"reference_layer={reference_layer!r}, but no training cell measured {target!r}, so there is "
+                    "nothing to fit the scale on; pass reference_layer=None."
+                )
+            reference = None
+    slope = intercept = None
+    if reference_layer is not None:
+        decode_alone = {"target": target, "source": sources, "reference_neighbors": None, "batch_size": batch_size}
+        lines = fit_lines(self, reference, decode_alone)
+        slope, intercept = (torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in lines)
     aligned = self._aligned(mdata)
     cells = aligned.obs_names if indices is None else aligned.obs_names[np.asarray(indices)]
     names = np.asarray(cells)
@@ -196,9 +217,12 @@ def predict(
         values = self._decode_scaled(target, z, tensors, denoised=False, cell_factor=cell_factor)
         available = sum(has[m] for m in sources) > 0
         mean, std = values.mean(0), values.std(0, unbiased=False)
-        if reference is not None:
-            nearby, covered = reference.average(qz.loc, names[start : start + qz.loc.shape[0]])
+        if slope is not None:
+            mean, std = intercept + slope * mean, slope * std
+        if reference is not None and reference.n_neighbors:
+            nearby, spread, covered = reference.average(qz.loc, names[start : start + qz.loc.shape[0]])
             mean = torch.where(covered > 0, 0.5 * (mean + nearby), mean)
+            std = torch.where(covered > 0, (std**2 + spread).sqrt(), std)
         start += qz.loc.shape[0]
         mean = torch.where(available.unsqueeze(-1), mean, torch.nan)
         std = torch.where(available.unsqueeze(-1), std, torch.nan)

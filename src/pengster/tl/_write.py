@@ -38,7 +38,8 @@ def write_results(
       ``mdata`` holds: a query mapped onto a reference may lack some).
     - ``mdata.obsm['<key>_pred_<modality>']``: DataFrame, all cells x that modality's features, predicted from
       the other modalities only (NaN rows for cells that have no other modality).
-    - ``mdata.obsm['<key>_pred_<modality>_std']``: its standard deviation over ``n_samples`` posterior samples.
+    - ``mdata.obsm['<key>_pred_<modality>_std']``: its predictive standard deviation (see
+      :meth:`~pengster.model.JointVAE.predict`).
     - ``mdata.uns['<key>']``: model parameters, package version, and the list of keys written.
 
     Scales: rna log1p of counts per 10k, atac accessibility probability, protein CLR of counts.
