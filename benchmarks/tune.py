@@ -263,6 +263,9 @@ STAGES = {
     "RNA bridge and MMD weights on the mosaics (20-neighbour read-out)": [
         f"{c}+neighbors_20" for c in MOSAIC_CANDIDATES
     ],
+    "RNA bridge and MMD weights on the mosaics (final read-out: auto on the data's scale)": [
+        f"{c}+auto_layer" for c in MOSAIC_CANDIDATES
+    ],
 }
 
 

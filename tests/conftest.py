@@ -35,3 +35,14 @@ def data_dir() -> Path:
     if not value or not Path(value).is_dir():
         pytest.skip("PENGSTER_DATA_DIR is not set to the real data folder")
     return Path(value)
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """The benchmark modules (``benchmarks/`` is not part of the package): ``bench.accuracy``, ``.tune``, ``.tasks``."""
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from benchmarks import _tasks, accuracy, tune
+
+    return SimpleNamespace(accuracy=accuracy, tune=tune, tasks=_tasks)

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT))
-    from benchmarks import _tasks, accuracy
-
-    return accuracy, _tasks
-
 
 def test_mosaic_study_scores_only_measured_genes(data_dir, bench):
-    _, tasks = bench
+    tasks = bench.tasks
     study = tasks.bmmc_mosaic()
     multiome = study.obs.index[(study.obs["dataset"] == "bmmc_multiome").to_numpy()]
     cite = study.obs.index[(study.obs["dataset"] == "bmmc_cite").to_numpy()]
@@ -36,10 +25,18 @@ def test_mosaic_study_scores_only_measured_genes(data_dir, bench):
     full = hidden.mudata(layout="full")
     assert full.mod["rna"][multiome[:5]].X.sum() == 0
     assert full.mod["rna"][multiome[5:]].X.sum() > 0
+    # pengster's layout holds the visible cells' scored values (0 where the dataset did not measure the gene), the
+    # layer its predictions are reported on (reference_layer)
+    mosaic = hidden.mudata(layout="mosaic")
+    layer = mosaic.mod["rna"].layers[tasks.SCORED_LAYER]
+    assert mosaic.mod["rna"].n_obs == hidden.visible("rna").n_obs
+    cells = mosaic.mod["rna"].obs_names
+    np.testing.assert_allclose(layer.toarray(), np.nan_to_num(study.truth("rna", cells)), rtol=1e-6)
+    assert bench.accuracy.PENGSTER_PREDICT_KWARGS == {"reference_layer": tasks.SCORED_LAYER}
 
 
 def test_snareseq2_split_and_scale(data_dir, bench):
-    _, tasks = bench
+    tasks = bench.tasks
     study = tasks.snareseq2(n_peaks=200)
     test_libraries = set(study.obs.loc[~study.obs["train"], "batch"])
     assert test_libraries == set(tasks.SNARE_TEST_LIBRARIES)
@@ -49,7 +46,7 @@ def test_snareseq2_split_and_scale(data_dir, bench):
 
 
 def test_quick_benchmark_runs_every_method(data_dir, bench, tmp_path):
-    accuracy, _ = bench
+    accuracy = bench.accuracy
     accuracy.main(["--quick", "--out", str(tmp_path), "--datasets", "bmmc_cite", "bmmc_mosaic"])
     records = json.loads((tmp_path / "accuracy.json").read_text())
     assert (tmp_path / "accuracy.md").read_text().startswith("# Accuracy benchmark")

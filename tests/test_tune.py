@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
-import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT))
-    from benchmarks import _tasks, tune
-
-    return tune, _tasks
 
 
 def test_validation_split_uses_training_cells_only(data_dir, bench):
-    tune, tasks = bench
+    tune, tasks = bench.tune, bench.tasks
     study = tasks.bmmc_cite()
     split = tune.validation_study(study)
     training = study.obs.index[study.obs["train"].to_numpy()]
@@ -40,7 +27,7 @@ def test_validation_split_uses_training_cells_only(data_dir, bench):
 
 
 def test_pbmc_split_holds_out_paired_cells_only(data_dir, bench):
-    tune, tasks = bench
+    tune, tasks = bench.tune, bench.tasks
     split = tune.validation_study(tasks.pbmc_mosaic())
     validation = split.obs[~split.obs["train"].to_numpy()]
     assert set(validation["batch"]) == {"p3_0"}
@@ -48,7 +35,7 @@ def test_pbmc_split_holds_out_paired_cells_only(data_dir, bench):
 
 
 def test_ranks_respect_metric_direction(bench):
-    tune, _ = bench
+    tune = bench.tune
     summary = pd.DataFrame(
         {
             "candidate": ["a", "b", "a", "b"],
