@@ -145,3 +145,7 @@ def test_reference_layer_never_reverses_a_feature(model):
 def test_reference_layer_errors_name_the_layer_and_the_fix(model):
     with pytest.raises(ValueError, match=r"reference_layer='nope' is not a layer of mdata.mod\['prot'\].*'X' for .X"):
         model.predict(target="protein", reference_layer="nope")
+    _protein_layer(model, "clr", lambda clr: clr)
+    # the cells that measured protein (CITE-seq) have no ATAC: no line can be fitted from ATAC
+    with pytest.raises(ValueError, match=r"none of the 70 training cells that measured 'protein' has any of the"):
+        model.predict(target="protein", source="atac", reference_layer="clr")

@@ -69,8 +69,10 @@ class Reference:
         self.values = (
             sparse.vstack(values).tocsr()[keep]
             if layer is None
-            else layer_values(model, target, layer, self.names, table[panel.astype(np.int64)] > 0)
+            else layer_values(model, target, layer, self.names, panel.astype(np.int64), table > 0)
         )
+        # float64 squares once (the variance E[x^2] - E[x]^2 of the neighbours' values is taken per minibatch)
+        self.squares = self.values.astype(np.float64).multiply(self.values.astype(np.float64)).tocsr()
         self.panel_onehot = sparse.csr_matrix(
             (np.ones(len(panel)), (np.arange(len(panel)), panel)), shape=(len(panel), table.shape[0])
         )
@@ -101,8 +103,8 @@ class Reference:
         weights = sparse.csr_matrix(
             (np.full(rows.size, 1.0 / k), (rows, chosen.ravel())), shape=(len(chosen), self.size)
         )
-        total = np.asarray((weights @ self.values).todense())
-        squares = np.asarray((weights @ self.values.multiply(self.values)).todense())
+        total = np.asarray((weights @ self.values.astype(np.float64)).todense())
+        squares = np.asarray((weights @ self.squares).todense())
         measured = np.asarray((weights @ self.panel_onehot).todense()) @ self.table
         mean = np.divide(total, measured, out=np.zeros_like(total), where=measured > 0)
         variance = np.divide(squares, measured, out=np.zeros_like(total), where=measured > 0) - mean**2
@@ -112,10 +114,12 @@ class Reference:
         )
 
 
-def layer_values(model, target: str, layer: str, names: np.ndarray, measured: np.ndarray) -> sparse.csr_matrix:
+def layer_values(
+    model, target: str, layer: str, names: np.ndarray, panel: np.ndarray, table: np.ndarray
+) -> sparse.csr_matrix:
     """The cells ``names``' values in ``layer`` (``"X"``: ``.X``) of the user's ``target`` modality, as CSR.
 
-    Entries the cell's panel did not measure (``measured`` False) and NaNs are zero.
+    Entries the cell's panel (``table[panel]``, True where measured) did not measure, and NaNs, are zero.
     """
     key = model.modalities[target]
     adata = model.mdata.mod[key]
@@ -137,7 +141,7 @@ def layer_values(model, target: str, layer: str, names: np.ndarray, measured: np
     values = sparse.csr_matrix(values, dtype=np.float32)[np.argsort(np.argsort(rows))]
     values.data = np.nan_to_num(values.data, nan=0.0, posinf=0.0, neginf=0.0)
     cells = np.repeat(np.arange(values.shape[0]), np.diff(values.indptr))
-    values.data *= measured[cells, values.indices]
+    values.data *= table[panel[cells], values.indices]
     values.eliminate_zeros()
     return values
 
@@ -147,12 +151,15 @@ def fit_lines(model, reference: Reference, predict_kwargs: dict) -> tuple[np.nda
 
     The reference cells are decoded exactly as the query (``predict_kwargs``: target, sources, decoder alone); only
     the cells and features that both have enter a feature's fit. The slope is clipped at 0, so the map never
-    reverses a feature's ranking of cells. Returns ``(slope, intercept)``, each of shape ``(n_features,)``.
+    reverses a feature's ranking of cells; a feature with fewer than two fit cells gets slope 0 and the mean of its
+    fit cells (0 without any). Returns ``(slope, intercept)``, each of shape ``(n_features,)``.
     """
     n_features = reference.values.shape[1]
     sums = {name: np.zeros(n_features) for name in ("w", "x", "y", "xx", "xy")}
-    for start in range(0, reference.size, SEARCH_CHUNK):
-        chunk = slice(start, start + SEARCH_CHUNK)
+    # a few dense (cells x features) float64 arrays per chunk: keep each near 2**24 entries (128 MB)
+    chunk_cells = max(1, min(SEARCH_CHUNK, 2**24 // max(n_features, 1)))
+    for start in range(0, reference.size, chunk_cells):
+        chunk = slice(start, start + chunk_cells)
         cuda = [model.device] if model.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):  # as in Reference: the caller's random state is kept
             decoded = model.predict(indices=reference.rows[chunk], n_samples=1, **predict_kwargs)
@@ -167,6 +174,13 @@ def fit_lines(model, reference: Reference, predict_kwargs: dict) -> tuple[np.nda
         sums["xx"] += (decoded * decoded).sum(0)
         sums["xy"] += (decoded * observed).sum(0)
     n = sums["w"]
+    if n.sum() == 0:
+        sources = predict_kwargs.get("source")
+        raise ValueError(
+            f"reference_layer: none of the {reference.size} training cells that measured {predict_kwargs['target']!r} "
+            f"has any of the sources {sources}, so there is nothing to fit the layer's scale on; pass sources those "
+            "cells have, or reference_layer=None."
+        )
     covariance = n * sums["xy"] - sums["x"] * sums["y"]
     variance = n * sums["xx"] - sums["x"] ** 2
     slope = np.divide(covariance, variance, out=np.zeros(n_features), where=variance > 1e-12 * np.maximum(n, 1) ** 2)

@@ -144,11 +144,13 @@ def predict(
         decoder alone, which is also used when no training cell measured ``target`` (a query model whose data
         lacks it). The default was chosen on a validation split of the benchmark's training cells.
     reference_layer
-        None: predictions on pengster's scale (below). A layer of the training data's ``target`` modality (``"X"``
-        for its ``.X``), e.g. your own normalized values: predictions on that layer's scale. The neighbours then
+        None: predictions on pengster's scale (below). A layer of ``target``'s modality in the MuData the model was
+        set up with (``"X"`` for its ``.X``; for a model loaded without data, the saved copy, which holds counts),
+        e.g. your own normalized values: predictions on that layer's scale. The neighbours then
         average their values in that layer, and the decoded value is mapped onto it by a least-squares line per
-        feature (slope >= 0), fitted over the training cells that measured ``target``, decoded from the same
-        sources as the query. The decoded value's spread is scaled by the slope.
+        feature (slope >= 0), fitted over the training cells that measured ``target`` (the same at most 50,000),
+        decoded from the same sources as the query; a feature with fewer than two such cells gets their mean. The
+        decoded value's spread is scaled by the slope.
     indices
         Cells to predict (default: all).
     batch_size
