@@ -18,6 +18,14 @@ MAX_REFERENCE_CELLS = 50_000
 SEARCH_CHUNK = 4096
 
 
+def _caller_random_state(model):
+    """Fork torch's random state around reference work, so the caller's posterior samples stay the same.
+
+    The encoders draw a sample they are not asked for; without the fork, the reference read-out would shift them.
+    """
+    return torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else [])
+
+
 class Reference:
     """The training cells that measured ``target``: their joint latent means and observed ``target`` values.
 
@@ -30,27 +38,24 @@ class Reference:
         self, model, target: str, n_neighbors: int | None, *, batch_size: int | None = None, layer: str | None = None
     ):
         module = model.module
-        latents, values, panels, names = [], [], [], []
-        obs_names = model.adata.obs_names
+        latents, values, panels, positions = [], [], [], []
         start = 0
-        # the encoders draw a sample they are not asked for: keep the caller's random state (same posterior samples
-        # with and without the reference read-out)
-        cuda = [model.device] if model.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
+        with _caller_random_state(model):
             for tensors in model._minibatches(None, None, batch_size):
                 n_cells = tensors[REGISTRY_KEYS.PANEL].shape[0]
                 inputs = module._get_inference_input(tensors)
                 has = {m: h.to(model.device) for m, h in inputs["has"].items()}
                 rows = (has[target] > 0).nonzero().view(-1)
                 if rows.numel() > 0:
-                    experts = module.experts(**inputs)
-                    latents.append(module.fuse(experts, has).loc[rows].cpu().numpy())
+                    if n_neighbors:  # the latent is only searched for neighbours
+                        experts = module.experts(**inputs)
+                        latents.append(module.fuse(experts, has).loc[rows].cpu().numpy())
                     panel = inputs["panel"].to(model.device).long().view(-1)[rows]
                     counts = tensors[REGISTRY_KEYS.counts(target)].to(model.device)[rows].float()
                     observed = observed_values(target, counts, module.feature_mask(target, panel))
                     values.append(sparse.csr_matrix(observed.cpu().numpy()))
                     panels.append(panel.cpu().numpy())
-                    names.append(np.asarray(obs_names[start + rows.cpu().numpy()]))
+                    positions.append(start + rows.cpu().numpy())
                 start += n_cells
         self.n_neighbors = n_neighbors
         self.size = sum(len(p) for p in panels)
@@ -60,19 +65,21 @@ class Reference:
         if self.size > MAX_REFERENCE_CELLS:
             keep = np.sort(np.random.default_rng(0).choice(self.size, MAX_REFERENCE_CELLS, replace=False))
             self.size = MAX_REFERENCE_CELLS
-        self.latent = torch.as_tensor(np.concatenate(latents)[keep], device=model.device)
-        self.names = np.concatenate(names)[keep]
-        self.rows = obs_names.get_indexer(self.names)
+        if n_neighbors:
+            self.latent = torch.as_tensor(np.concatenate(latents)[keep], device=model.device)
+        self.rows = np.concatenate(positions)[keep]
+        self.names = np.asarray(model.adata.obs_names[self.rows])
         table = getattr(module, f"feature_mask_{target}").cpu().numpy()
         # panel one-hot @ mask table = each reference cell's measured features, without a cells x features matrix
         panel = np.concatenate(panels)[keep]
-        self.values = (
+        values = (
             sparse.vstack(values).tocsr()[keep]
             if layer is None
             else layer_values(model, target, layer, self.names, panel.astype(np.int64), table > 0)
         )
-        # float64 squares once (the variance E[x^2] - E[x]^2 of the neighbours' values is taken per minibatch)
-        self.squares = self.values.astype(np.float64).multiply(self.values.astype(np.float64)).tocsr()
+        # float64 once: the neighbours' mean and variance E[x^2] - E[x]^2 are taken per minibatch
+        self.values = values.astype(np.float64)
+        self.squares = self.values.multiply(self.values).tocsr()
         self.panel_onehot = sparse.csr_matrix(
             (np.ones(len(panel)), (np.arange(len(panel)), panel)), shape=(len(panel), table.shape[0])
         )
@@ -103,7 +110,7 @@ class Reference:
         weights = sparse.csr_matrix(
             (np.full(rows.size, 1.0 / k), (rows, chosen.ravel())), shape=(len(chosen), self.size)
         )
-        total = np.asarray((weights @ self.values.astype(np.float64)).todense())
+        total = np.asarray((weights @ self.values).todense())
         squares = np.asarray((weights @ self.squares).todense())
         measured = np.asarray((weights @ self.panel_onehot).todense()) @ self.table
         mean = np.divide(total, measured, out=np.zeros_like(total), where=measured > 0)
@@ -160,11 +167,10 @@ def fit_lines(model, reference: Reference, predict_kwargs: dict) -> tuple[np.nda
     chunk_cells = max(1, min(SEARCH_CHUNK, 2**24 // max(n_features, 1)))
     for start in range(0, reference.size, chunk_cells):
         chunk = slice(start, start + chunk_cells)
-        cuda = [model.device] if model.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):  # as in Reference: the caller's random state is kept
+        with _caller_random_state(model):
             decoded = model.predict(indices=reference.rows[chunk], n_samples=1, **predict_kwargs)
         decoded = decoded.to_numpy(np.float64)
-        observed = reference.values[chunk].toarray().astype(np.float64)
+        observed = reference.values[chunk].toarray()
         weight = (reference.panel_onehot[chunk] @ reference.table > 0) & ~np.isnan(decoded)
         decoded = np.where(weight, decoded, 0.0)
         observed = np.where(weight, observed, 0.0)
