@@ -64,6 +64,8 @@ CANDIDATES: dict[str, tuple[dict, dict]] = {
     "bridge_off": ({"bridge_weight": 0.0, "mixing_weight": 0.0}, {}),
     "mixing_off": ({"mixing_weight": 0.0}, {}),
     "mixing_3": ({"mixing_weight": 3.0}, {}),
+    # the current defaults with the sampled cross terms (one decode per cell and modality; speed, issue 5)
+    "sampled": ({"cross_terms": "sampled"}, {}),
 }
 
 

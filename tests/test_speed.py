@@ -10,6 +10,7 @@ from torch.distributions import Bernoulli
 from pengster.model._device_loader import DeviceMinibatchLoader, _rank_share
 from pengster.model._speed import BASE_LR, auto_batch_size, scaled_lr
 from pengster.nn import FactorBernoulli, factor_bernoulli_nll
+from pengster.nn._sparse import SparseRows
 
 
 def _counts(n_cells=300, n_features=50, density=0.1, seed=0):
@@ -72,6 +73,39 @@ def test_binary_source_drops_explicit_zeros():
     )  # fmt: skip
     batch = next(iter(loader))
     np.testing.assert_array_equal(batch["x"].numpy(), (matrix.toarray() > 0).astype(np.float32))
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_minibatch_carries_its_nonzeros_also_from_unsorted_csr_with_repeats_and_zeros(binary):
+    matrix = _counts(n_cells=60)
+    # a CSR that is not canonical: reversed columns within rows, a repeated entry, stored zeros
+    rows = np.repeat(np.arange(60), np.diff(matrix.indptr))
+    indices, data = matrix.indices.copy(), matrix.data.copy()
+    for row in range(60):
+        start, stop = matrix.indptr[row], matrix.indptr[row + 1]
+        indices[start:stop], data[start:stop] = indices[start:stop][::-1], data[start:stop][::-1]
+    data[::4] = 0
+    odd = sparse.csr_matrix((data, indices, matrix.indptr.copy()), shape=matrix.shape)
+    odd = sparse.csr_matrix(
+        (np.r_[odd.data, 2.0], (np.r_[rows, 7], np.r_[odd.indices, odd.indices[odd.indptr[7]]])), shape=odd.shape
+    )
+    odd.has_canonical_format = False
+    odd.indices, odd.data = odd.indices.copy(), odd.data.copy()
+    before = (odd.indptr.copy(), odd.indices.copy(), odd.data.copy())
+    loader = DeviceMinibatchLoader(
+        {"x": odd}, {"row": np.arange(60)}, indices=np.arange(60), strata=np.zeros(60), batch_size=25, device="cpu",
+        seed=0, binary_keys=("x",) if binary else (),
+    )  # fmt: skip
+    for batch in loader:
+        dense = batch["x"]
+        expected = odd.toarray()[batch["row"].numpy().ravel().astype(int)]
+        np.testing.assert_array_equal(dense.numpy(), (expected != 0) if binary else expected)
+        carried, found = SparseRows.of(dense), SparseRows.from_dense(dense)
+        assert carried is not found and carried is getattr(dense, "_pengster_sparse_rows")
+        for name in ("row", "col", "value", "offsets", "lengths"):
+            torch.testing.assert_close(getattr(carried, name), getattr(found, name), msg=name)
+    for array, kept in zip((odd.indptr, odd.indices, odd.data), before, strict=True):
+        np.testing.assert_array_equal(array, kept)  # the user's matrix is untouched
 
 
 def test_ranks_take_equal_disjoint_shares():

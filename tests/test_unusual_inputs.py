@@ -165,3 +165,13 @@ def test_a_modality_with_one_cell_per_minibatch_trains():
     model = _fit(mdata)
     _assert_finite_outputs(model, mdata)
     assert_same(mdata, snap)
+
+
+def test_train_size_one_trains_without_validation_cells(caplog):
+    mdata = synthetic_mosaic(n_cells={"multiome": 40}, n_genes=30, n_peaks=40, seed=5)
+    JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac"}, batch_key="batch")
+    model = JointVAE(mdata, n_hidden=8, n_latent=3)
+    with caplog.at_level("WARNING"):
+        model.train(max_epochs=2, train_size=1.0, accelerator="cpu", enable_progress_bar=False)
+    assert model.is_trained_ and len(model.history["elbo_train"]) == 2
+    assert "no validation cells; early stopping is off" in caplog.text

@@ -128,11 +128,11 @@ class FiniteLossCheck(Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         """Raise before non-finite gradients reach the weights."""
-        bad = [
-            name
-            for name, parameter in pl_module.module.named_parameters()
-            if parameter.grad is not None and not torch.isfinite(parameter.grad).all()
-        ]
+        named = [(name, p.grad) for name, p in pl_module.module.named_parameters() if p.grad is not None]
+        # one pass over the gradients (a norm is NaN/inf iff an entry is); names are looked up only on failure
+        if not named or bool(torch.isfinite(torch.stack(torch._foreach_norm([g for _, g in named]))).all()):
+            return
+        bad = [name for name, grad in named if not torch.isfinite(grad).all()]
         if bad:
             raise FloatingPointError(
                 f"JointVAE training stopped: non-finite gradients at epoch {trainer.current_epoch}, step "
@@ -189,7 +189,7 @@ def diagnose(module, tensors: Mapping[str, torch.Tensor]) -> list[str]:
         for modality, output in generative["px"].items():
             if output is None:
                 continue
-            _, cell = generative["pairs"][modality]
+            _, cell, _ = generative["pairs"][modality]
             target = tensors[REGISTRY_KEYS.counts(modality)].to(module.device)[cell].float()
             if modality == "atac" and module.decoders["atac"].likelihood == "bernoulli":
                 target = (target > 0).float()

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from scipy import sparse
 
+from pengster.nn._sparse import SparseRows, attach
+
 from ._sampler import MosaicBatchSampler
 
 logger = logging.getLogger(__name__)
@@ -136,8 +138,14 @@ class DeviceBlock:
             return
         self.dense = None
         indptr, indices, values = [np.zeros(1, dtype=np.int64)], [], []
+        # on CPU, where the module takes its sparse path, rows are kept in canonical CSR form (sorted columns, no
+        # repeats, no stored zeros: the same dense rows), so a minibatch's entries are exactly its nonzeros and
+        # travel with the dense rows (nn._sparse.attach)
+        self.attach = device.type == "cpu"
         for a, b in spans:
             part_indptr, part_indices, part_values = source.read(a, b)
+            if self.attach:
+                part_indptr, part_indices, part_values = _canonical(part_indptr, part_indices, part_values, self.n_cols)
             indptr.append(part_indptr[1:] + indptr[-1][-1])
             indices.append(_put(part_indices, np.int32, device, pin))
             values.append(None if part_values is None else _put(part_values, np.float32, device, pin))
@@ -159,12 +167,38 @@ class DeviceBlock:
         )
         shift = starts - (torch.cumsum(lengths, 0) - lengths)
         positions = torch.arange(total, device=rows.device) + shift.index_select(0, row_of_entry)
-        flat = row_of_entry * self.n_cols + self.indices.index_select(0, positions).long()
+        col = self.indices.index_select(0, positions).long()
+        flat = row_of_entry * self.n_cols + col
         values = (
             torch.ones(total, device=rows.device) if self.values is None else self.values.index_select(0, positions)
         )
         out = torch.zeros(len(rows_host) * self.n_cols, device=rows.device)
-        return out.scatter_add_(0, flat, values).view(len(rows_host), self.n_cols)
+        dense = out.scatter_add_(0, flat, values).view(len(rows_host), self.n_cols)
+        if self.attach:
+            offsets = torch.cumsum(lengths, 0) - lengths
+            attach(dense, SparseRows(row_of_entry, col, values, offsets, lengths, len(rows_host), self.n_cols))
+        return dense
+
+
+def _canonical(indptr: np.ndarray, indices, values, n_cols: int) -> tuple:
+    """CSR rows ``(indptr, indices, values or None)`` with increasing columns, no repeats, no stored zeros.
+
+    Returned as they are when they already are so; else a sorted, summed copy (the caller's arrays are never
+    changed).
+    """
+    indices = np.asarray(indices)
+    step = np.diff(indices.astype(np.int64))
+    # the step from a row's last entry to the next row's first does not count
+    boundaries = np.asarray(indptr[1:-1], dtype=np.int64) - 1
+    increasing = step > 0
+    increasing[boundaries[(boundaries >= 0) & (boundaries < len(step))]] = True
+    if increasing.all() and (values is None or np.all(np.asarray(values) != 0)):
+        return indptr, indices, values
+    data = np.ones(len(indices), np.float32) if values is None else np.array(values, dtype=np.float32)
+    matrix = sparse.csr_matrix((data, indices.copy(), np.array(indptr)), shape=(len(indptr) - 1, n_cols))
+    matrix.sum_duplicates()
+    matrix.eliminate_zeros()
+    return matrix.indptr.astype(np.int64), matrix.indices, None if values is None else matrix.data
 
 
 def _put(array: np.ndarray, dtype, device: torch.device, pin: bool) -> torch.Tensor:

@@ -29,7 +29,7 @@ from pengster.nn import (
 from pengster.nn._fused import _all_ones
 from pengster.nn._pair_nll import pair_nll
 
-from . import _sparse_inputs
+from . import _pairs, _sparse_inputs
 from ._bridge import alignment_kl, bridge_posterior, shared_genes
 from ._inputs import ENCODER_INPUTS, RNA_TARGET_SUM, clr
 
@@ -81,6 +81,9 @@ class JointVAEModule(BaseModuleClass):
     predict_cell_factor
         Predict the ATAC cell factor of cells without ATAC from the depth of their other modalities (see
         :class:`~pengster.nn.CellFactorPredictor`); False decodes them with the mean factor.
+    cross_terms
+        ``all``: decode every reconstruction term; ``sampled``: in training, each measured modality of a cell once,
+        from one posterior drawn in proportion to its weight (an unbiased estimate; see ``module/_pairs.py``).
     """
 
     use_sparse: bool | None = None
@@ -111,8 +114,12 @@ class JointVAEModule(BaseModuleClass):
         bridge_weight: float = 0.0,
         protein_background_init: torch.Tensor | None = None,
         predict_cell_factor: bool = True,
+        cross_terms: Literal["all", "sampled"] = "all",
     ):
         super().__init__()
+        if cross_terms not in _pairs.CROSS_TERMS:
+            raise ValueError(f"cross_terms={cross_terms!r}: use one of {_pairs.CROSS_TERMS}.")
+        self.cross_terms = cross_terms
         self.modalities = tuple(n_features)
         self.n_latent = n_latent
         self.n_batch = n_batch
@@ -224,25 +231,16 @@ class JointVAEModule(BaseModuleClass):
             "pairs": self.reconstruction_pairs(inference_outputs["has"]),
         }
 
-    def reconstruction_pairs(self, has: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Modality -> (posterior index, cell index) of every reconstruction term of the interdependent ELBO.
+    def reconstruction_pairs(self, has: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Modality -> ``(posterior, cell, weight)`` of the reconstruction terms of the interdependent ELBO.
 
-        Posterior 0 is the joint one, posterior ``1 + k`` the ``k``-th modality's own. Modality ``m`` of cell ``i``
-        is reconstructed from the joint posterior when the cell measured ``m``, and from the posterior of each
-        modality ``s`` the cell measured when it measured at least two (with one, ``s``'s posterior is the joint).
-        With a bridge, the last posterior is the bridge's: it reconstructs every modality of the cells with RNA.
+        See :func:`pengster.module._pairs.pairs`: every term, or (``cross_terms="sampled"``, in training) one
+        importance-weighted term per measured modality of each cell.
         """
-        measured = torch.stack([has[m] > 0 for m in self.modalities])  # (n_modalities, n_cells)
-        several = measured.sum(0) > 1
-        rows = [torch.ones_like(measured[:1]), measured & several]
-        if self.bridge_weight > 0:
-            rows.append(measured[self.modalities.index("rna")].unsqueeze(0))
-        needed = torch.cat(rows)  # (n_posteriors, n_cells)
-        pairs = {}
-        for row, modality in enumerate(self.modalities):
-            posterior, cell = torch.nonzero(needed & measured[row], as_tuple=True)
-            pairs[modality] = (posterior, cell)
-        return pairs
+        bridge = self.bridge_weight > 0
+        weights = _pairs.posterior_weights(has, self.modalities, self.cross_weight, bridge)
+        sampled = self.cross_terms == "sampled" and self.training
+        return _pairs.pairs(has, self.modalities, weights, bridge=bridge, sampled=sampled)
 
     # ----------------------------------------------------------------------------------------- inference
     @auto_move_data
@@ -379,7 +377,7 @@ class JointVAEModule(BaseModuleClass):
         """
         categoricals = self._categoricals(batch_index, cat_covs)
         outputs = {}
-        for modality, (posterior, cell) in pairs.items():
+        for modality, (posterior, cell, _) in pairs.items():
             if cell.numel() == 0:
                 outputs[modality] = None
                 continue
@@ -425,11 +423,13 @@ class JointVAEModule(BaseModuleClass):
         has = inference_outputs["has"]
         panel = tensors[REGISTRY_KEYS.PANEL].long()
         qz = inference_outputs["qz"]
-        n_posteriors, n_cells = qz.loc.shape[:2]
+        n_cells = qz.loc.shape[1]
+        weights = _pairs.posterior_weights(has, self.modalities, self.cross_weight, self.bridge_weight > 0)
+        kl = kl_divergence(qz, Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale))).sum(-1)
+        per_cell = kl_weight * (weights * kl).sum(0)
         reconstruction = {}
-        total_nll = qz.loc.new_zeros(n_posteriors * n_cells)
         for modality in self.modalities:
-            posterior, cell = generative_outputs["pairs"][modality]
+            posterior, cell, weight = generative_outputs["pairs"][modality]
             joint_nll = qz.loc.new_zeros(n_cells)
             if cell.numel() > 0:
                 px, _ = generative_outputs["px"][modality]
@@ -440,20 +440,13 @@ class JointVAEModule(BaseModuleClass):
                     nll = pair_nll(px, counts, cell, table, panel, binarize=binarize, sparse_counts=sparse)
                 else:
                     nll = reconstruction_nll(px, counts[cell], table, panel[cell], binarize=binarize)
-                total_nll = total_nll.index_add(0, posterior * n_cells + cell, nll)
+                weighted = weight * nll
+                per_cell = per_cell.index_add(0, cell, weighted)
+                # the joint term (weight 1): exact, or its importance-weighted estimate when the terms are sampled
                 is_joint = posterior == 0
-                joint_nll = joint_nll.index_add(0, cell[is_joint], nll[is_joint])
+                joint_nll = joint_nll.index_add(0, cell[is_joint], weighted[is_joint])
             reconstruction[modality] = joint_nll
-        total_nll = total_nll.view(n_posteriors, n_cells)
 
-        kl = kl_divergence(qz, Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale))).sum(-1)
-        n_measured = sum(has[m].float() for m in self.modalities)
-        # a cell with one modality has single posterior == joint posterior: count it once
-        single_weights = [self.cross_weight * has[m].float() * (n_measured > 1).float() for m in self.modalities]
-        if self.bridge_weight > 0:
-            single_weights.append(self.cross_weight * has["rna"].float())
-        weights = torch.stack([torch.ones_like(n_measured), *single_weights])
-        per_cell = (weights * (total_nll + kl_weight * kl)).sum(0)
         bridge_kl = qz.loc.new_zeros(n_cells)
         if self.bridge_weight > 0:
             bridge_kl = alignment_kl(Normal(qz.loc[0], qz.scale[0]), Normal(qz.loc[-1], qz.scale[-1]), has["rna"])
@@ -462,7 +455,6 @@ class JointVAEModule(BaseModuleClass):
         contrastive = self._contrastive(inference_outputs["experts"], has)
         # a closed-form regression on observed depths and the encoded factors: no term of the loss
         self._fit_cell_factor_predictor(inference_outputs)
-        loss = per_cell.mean() + self.contrastive_weight * contrastive
         mixing = self._mixing(qz.loc[0], panel)
         loss = per_cell.mean() + self.contrastive_weight * contrastive + self.mixing_weight * mixing
         return LossOutput(

@@ -67,17 +67,27 @@ def enabled(module, device: torch.device) -> bool:
 
 
 def sparse_counts(module, x: Mapping[str, torch.Tensor]) -> dict[str, SparseRows]:
-    """Modality -> the minibatch's counts as :class:`SparseRows`, for the modalities with a sparse path."""
+    """Modality -> the minibatch's counts as :class:`SparseRows`, for the modalities with a sparse path.
+
+    The encoders add ``"<modality> input"`` -> ``(rows, encoder input)`` to it, to build each input once.
+    """
     if not enabled(module, next(iter(x.values())).device):
         return {}
-    return {m: SparseRows.from_dense(x[m].float()) for m in SPARSE_INPUT_MODALITIES if m in module.modalities}
+    return {m: SparseRows.of(x[m].float()) for m in SPARSE_INPUT_MODALITIES if m in module.modalities}
 
 
 def _rows_input(module, modality, x, sparse, panel, rows) -> SparseRows:
+    # built once per minibatch: the ATAC encoder and the cell-factor encoder read the same input
+    cached = (sparse or {}).get(f"{modality} input")
+    if cached is not None and torch.equal(cached[0], rows):
+        return cached[1]
     counts = (sparse or {}).get(modality)
-    counts = SparseRows.from_dense(x[modality].float()) if counts is None else counts
+    counts = SparseRows.of(x[modality].float()) if counts is None else counts
     table = getattr(module, f"feature_mask_{modality}")
-    return sparse_encoder_input(modality, counts.select(rows), table, panel.view(-1).index_select(0, rows))
+    encoder_input = sparse_encoder_input(modality, counts.select(rows), table, panel.view(-1).index_select(0, rows))
+    if sparse is not None:
+        sparse[f"{modality} input"] = (rows, encoder_input)
+    return encoder_input
 
 
 def encode(module, modality: str, x, sparse, panel, rows, categoricals) -> tuple[Normal, torch.Tensor]:

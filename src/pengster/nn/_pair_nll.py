@@ -149,7 +149,7 @@ def pair_nll(
     bernoulli = isinstance(px, FactorBernoulli) and not px.compile
     if not (bernoulli or theta is not None):
         return reconstruction_nll(px, counts[cell], mask_table, panel[cell], binarize=binarize)
-    sparse_counts = SparseRows.from_dense(counts.float()) if sparse_counts is None else sparse_counts
+    sparse_counts = SparseRows.of(counts.float()) if sparse_counts is None else sparse_counts
     mask = None if _all_ones(mask_table) else mask_table
     if bernoulli:
         return factor_bernoulli_pair_nll(px, sparse_counts, cell, mask, panel)

@@ -9,6 +9,7 @@ with ``x.T`` in CSR form. Both read ``nnz x n_hidden`` weights. For that the wei
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, replace
 
@@ -52,6 +53,25 @@ class SparseRows:
         lengths = torch.bincount(row, minlength=n_rows)
         offsets = torch.cumsum(lengths, 0) - lengths
         return cls(row, col, value, offsets, lengths, n_rows, n_cols)
+
+    @classmethod
+    def of(cls, dense: torch.Tensor) -> SparseRows:
+        """The nonzero entries of ``dense``: those a loader attached to it (:func:`attach`), else :meth:`from_dense`."""
+        attached = getattr(dense, _ATTACHED, None)
+        if attached is not None and (attached.n_rows, attached.n_cols) == tuple(dense.shape):
+            return attached
+        return cls.from_dense(dense)
+
+    @functools.cached_property
+    def by_column(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(order, crow)``: the entries sorted by column (stable) and each column's first position (CSR of x.T).
+
+        Computed once per object: the ATAC encoder and the cell-factor encoder share their input rows.
+        """
+        order = torch.argsort(self.col, stable=True)
+        crow = torch.zeros(self.n_cols + 1, dtype=torch.int64, device=self.col.device)
+        crow[1:] = torch.cumsum(torch.bincount(self.col, minlength=self.n_cols), 0)
+        return order, crow
 
     def with_value(self, value: torch.Tensor) -> SparseRows:
         """The same positions holding ``value``."""
@@ -108,6 +128,20 @@ class SparseRows:
         return position, entry
 
 
+_ATTACHED = "_pengster_sparse_rows"
+
+
+def attach(dense: torch.Tensor, rows: SparseRows) -> torch.Tensor:
+    """Let ``dense`` carry its nonzero entries ``rows`` (exactly those of :meth:`SparseRows.from_dense`).
+
+    The device loader builds a minibatch from CSR entries it already holds; attached to the dense minibatch, the
+    module's sparse path reads them instead of searching the dense array for its nonzeros again. A tensor derived
+    from ``dense`` (a copy, a slice) does not carry them.
+    """
+    setattr(dense, _ATTACHED, rows)
+    return dense
+
+
 def sparse_rows_matmul(sparse_x: SparseRows, weight_t: torch.Tensor) -> torch.Tensor:
     """``x @ weight_t`` (shape ``(n_rows, n_out)``) for ``x`` ``(n_rows, n_cols)`` and ``weight_t`` ``(n_cols, n_out)``.
 
@@ -133,9 +167,7 @@ class _SparseMatmul(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None
         # x.T in CSR form: entries sorted by column (stable, so rows stay in order within a column)
-        order = torch.argsort(x.col, stable=True)
-        crow = torch.zeros(ctx.weight_rows + 1, dtype=torch.int64, device=x.col.device)
-        crow[1:] = torch.cumsum(torch.bincount(x.col, minlength=ctx.weight_rows), 0)
+        order, crow = x.by_column
         values = x.value.index_select(0, order).to(grad_out.dtype)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")

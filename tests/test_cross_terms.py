@@ -1,0 +1,109 @@
+"""``cross_terms="sampled"``: one decode per measured modality of a cell, an unbiased estimate of the exact ELBO."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import pengster
+from pengster.model._device_loader import loader_from_manager
+from pengster.module._pairs import pairs, posterior_weights
+
+
+def _has(*columns) -> dict[str, torch.Tensor]:
+    return {m: torch.tensor(c, dtype=torch.float32) for m, c in zip(("rna", "atac", "protein"), columns, strict=True)}
+
+
+def test_sampled_pairs_one_term_per_measured_modality_drawn_in_proportion_to_weight():
+    # cells: multiome, CITE, RNA only, all three
+    has = _has([1, 1, 1, 1], [1, 0, 0, 1], [0, 1, 0, 1])
+    modalities = ("rna", "atac", "protein")
+    weights = posterior_weights(has, modalities, cross_weight=2.0, bridge=True)
+    exact = pairs(has, modalities, weights, bridge=True, sampled=False)
+    torch.manual_seed(0)
+    counts = torch.zeros(len(weights), 4)
+    n_draws = 4000
+    for _ in range(n_draws):
+        sampled = pairs(has, modalities, weights, bridge=True, sampled=True)
+        posterior, cell, weight = sampled["rna"]
+        assert cell.tolist() == [0, 1, 2, 3]  # every cell measured RNA: one term each
+        counts[posterior, cell] += 1
+    posterior, cell, weight = exact["rna"]
+    total = torch.zeros(4).index_add(0, cell, weight)
+    torch.testing.assert_close(sampled["rna"][2], total)  # the sampled term has the sum of the weights
+    # each posterior is drawn with probability weight / total (the RNA-only cell: joint 1, bridge 2)
+    expected = torch.zeros(len(weights), 4)
+    expected[posterior, cell] = weight / total[cell]
+    torch.testing.assert_close(counts / n_draws, expected, atol=0.03, rtol=0)
+    assert sampled["atac"][1].tolist() == [0, 3] and sampled["protein"][1].tolist() == [1, 3]
+
+
+def _module_and_minibatch():
+    mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 40, "cite": 30}, gene_overlap=0.8, seed=3)
+    pengster.model.JointVAE.setup_mudata(
+        mdata, modalities={"rna": "rna", "atac": "atac", "protein": "prot"}, batch_key="batch"
+    )
+    model = pengster.model.JointVAE(mdata, n_hidden=16, n_latent=4, dropout_rate=0.0, cross_terms="sampled")
+    loader = loader_from_manager(
+        model.adata_manager, indices=np.arange(70), strata=np.zeros(70), batch_size=70, device="cpu",
+        binary_keys=("x_atac",),
+    )  # fmt: skip
+    return model.module, next(iter(loader))
+
+
+def test_sampled_loss_is_an_unbiased_estimate_of_the_exact_loss():
+    module, tensors = _module_and_minibatch()
+    assert module.bridge_weight > 0  # the bridge posterior is among the drawn ones
+    module.train()
+    torch.manual_seed(0)
+    inference = module.inference(**module._get_inference_input(tensors))
+    generative_input = module._get_generative_input(tensors, inference)
+
+    def loss(sampled: bool) -> float:
+        module.cross_terms = "sampled" if sampled else "all"
+        generative_input["pairs"] = module.reconstruction_pairs(inference["has"])
+        with torch.no_grad():
+            generative = module.generative(**generative_input)
+            return float(module.loss(tensors, inference, generative).loss)
+
+    exact = loss(False)
+    draws = np.array([loss(True) for _ in range(300)])
+    standard_error = draws.std(ddof=1) / np.sqrt(len(draws))
+    assert draws.std() > 0  # the terms are drawn
+    assert abs(draws.mean() - exact) < 4 * standard_error, (draws.mean(), exact, standard_error)
+    # a biased weighting (each drawn term with its own weight) would be far off
+    assert abs(draws.mean() - exact) < 0.02 * abs(exact)
+
+
+def test_sampled_terms_only_in_training_and_bad_value_named():
+    module, tensors = _module_and_minibatch()
+    has = module._get_inference_input(tensors)["has"]
+    module.eval()
+    all_terms = module.reconstruction_pairs(has)
+    module.cross_terms = "all"
+    torch.testing.assert_close(all_terms["rna"][1], module.reconstruction_pairs(has)["rna"][1])
+    module.cross_terms = "sampled"
+    module.train()
+    assert len(module.reconstruction_pairs(has)["rna"][1]) < len(all_terms["rna"][1])
+    with pytest.raises(ValueError, match=r"cross_terms='some'.*'all', 'sampled'"):
+        type(module)({"rna": 5}, {"rna": torch.ones(1, 5)}, cross_terms="some")
+
+
+def test_train_with_sampled_terms_decodes_fewer_rows(monkeypatch):
+    mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 60}, n_genes=40, n_peaks=50, seed=4)
+    pengster.model.JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac"}, batch_key="batch")
+    rows = {}
+    for cross_terms in ("all", "sampled"):
+        model = pengster.model.JointVAE(mdata, n_hidden=16, n_latent=4, cross_terms=cross_terms)
+        decoded = []
+        original = type(model.module).decode
+        monkeypatch.setattr(
+            type(model.module), "decode", lambda self, m, z, *a: decoded.append(len(z)) or original(self, m, z, *a)
+        )
+        model.train(max_epochs=2, accelerator="cpu", enable_progress_bar=False, train_size=1.0)
+        monkeypatch.undo()
+        rows[cross_terms] = sum(decoded)
+        assert np.isfinite(model.history["elbo_train"].to_numpy(dtype=float)).all()
+    # multiome cells: 3 posteriors per modality with all terms, 1 sampled
+    assert rows["sampled"] * 3 == rows["all"]
