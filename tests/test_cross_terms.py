@@ -94,15 +94,16 @@ def test_train_with_sampled_terms_decodes_fewer_rows(monkeypatch):
     mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 60}, n_genes=40, n_peaks=50, seed=4)
     pengster.model.JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac"}, batch_key="batch")
     rows = {}
+    decoded = []
+    module_class = pengster.module.JointVAEModule
+    original = module_class.decode
+    monkeypatch.setattr(
+        module_class, "decode", lambda self, m, z, *a: decoded.append(len(z)) or original(self, m, z, *a)
+    )
     for cross_terms in ("all", "sampled"):
         model = pengster.model.JointVAE(mdata, n_hidden=16, n_latent=4, cross_terms=cross_terms)
-        decoded = []
-        original = type(model.module).decode
-        monkeypatch.setattr(
-            type(model.module), "decode", lambda self, m, z, *a: decoded.append(len(z)) or original(self, m, z, *a)
-        )
+        decoded.clear()
         model.train(max_epochs=2, accelerator="cpu", enable_progress_bar=False, train_size=1.0)
-        monkeypatch.undo()
         rows[cross_terms] = sum(decoded)
         assert np.isfinite(model.history["elbo_train"].to_numpy(dtype=float)).all()
     # multiome cells: 3 posteriors per modality with all terms, 1 sampled

@@ -101,7 +101,7 @@ def test_minibatch_carries_its_nonzeros_also_from_unsorted_csr_with_repeats_and_
         expected = odd.toarray()[batch["row"].numpy().ravel().astype(int)]
         np.testing.assert_array_equal(dense.numpy(), (expected != 0) if binary else expected)
         carried, found = SparseRows.of(dense), SparseRows.from_dense(dense)
-        assert carried is not found and carried is getattr(dense, "_pengster_sparse_rows")
+        assert carried is not found and carried is dense._pengster_sparse_rows
         for name in ("row", "col", "value", "offsets", "lengths"):
             torch.testing.assert_close(getattr(carried, name), getattr(found, name), msg=name)
     for array, kept in zip((odd.indptr, odd.indices, odd.data), before, strict=True):
