@@ -149,3 +149,35 @@ def test_train_fast_uses_fused_adam_and_sparse_path_fast_false_the_dense_referen
         assert optimizer.defaults["fused"] is (True if fast else None)
         assert bool(calls) is fast  # the sparse encoders ran only on the fast path
         assert model.module.use_sparse is None  # the switch is restored after training
+
+
+@pytest.mark.parametrize("optimizer_cls", [torch.optim.Adam, torch.optim.AdamW])
+def test_fused_adam_updates_column_major_weights_through_their_transposes(optimizer_cls, monkeypatch):
+    from pengster.model._plan import _transposing
+
+    contiguous = []
+    for name in ("_fused_adam_", "_fused_adamw_"):
+
+        def spy(params, *args, kernel=getattr(torch, name), **kwargs):
+            contiguous.append([p.is_contiguous() for p in params])
+            return kernel(params, *args, **kwargs)
+
+        monkeypatch.setattr(torch, name, spy)
+    torch.manual_seed(0)
+    weights = [torch.randn(6, 40), torch.randn(40, 6).t(), torch.randn(5)]  # row-major, column-major, a vector
+    runs = []
+    for cls in (optimizer_cls, _transposing(optimizer_cls)):
+        params = [
+            torch.nn.Parameter(w.clone().t().contiguous().t() if not w.is_contiguous() else w.clone()) for w in weights
+        ]
+        optimizer = cls(params, lr=0.1, weight_decay=0.01, fused=True)
+        for step in range(3):
+            for p in params:
+                p.grad = torch.sin(p.detach() * (step + 1)).clone(memory_format=torch.preserve_format)
+            optimizer.step()
+        runs.append([p.detach().clone() for p in params])
+        assert not params[1].is_contiguous()  # still column-major, updated in place through its transpose
+    for plain, transposed in zip(*runs, strict=True):
+        torch.testing.assert_close(transposed, plain, rtol=0, atol=0)
+    # the plain optimizer hands the kernel the column-major weight (which it copies), the other its transpose
+    assert contiguous[0] == [True, False, True] and contiguous[-1] == [True, True, True]

@@ -25,11 +25,43 @@ class JointTrainingPlan(TrainingPlan):
         """Adam/AdamW as scvi-tools builds them; with ``fused_optimizer``, the fused kernel (one pass per tensor)."""
         if not self.fused_optimizer:
             return super()._optimizer_creator_fn(optimizer_cls)
-        return lambda params: optimizer_cls(
-            params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=True
-        )
+        fused_cls = _transposing(optimizer_cls)
+        return lambda params: fused_cls(params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=True)
 
     def compute_and_log_metrics(self, loss_output, metrics, mode):
         """See :meth:`scvi.train.TrainingPlan.compute_and_log_metrics`."""
         with torch.no_grad():
             return TrainingPlan.compute_and_log_metrics.__wrapped__(self, loss_output, metrics, mode)
+
+
+def _column_major(tensor: torch.Tensor) -> bool:
+    return tensor.dim() == 2 and not tensor.is_contiguous() and tensor.t().is_contiguous()
+
+
+def _transposing(optimizer_cls: type) -> type:
+    """``optimizer_cls`` (Adam/AdamW) that hands column-major tensors to its kernel as their contiguous transposes.
+
+    The sparse encoders keep their first weights column-major (``nn._sparse.column_major_``); the fused kernel
+    copies a non-contiguous parameter, its gradient and both moments to contiguous memory and back on every step
+    (3x the time of the update at 20k peaks on CPU). Adam is elementwise, so updating ``W.T`` in place is the same
+    update of ``W``.
+    """
+
+    class Transposing(optimizer_cls):
+        def _init_group(self, group, params, grads, *state, **kwargs):
+            result = super()._init_group(group, params, grads, *state, **kwargs)
+            if not params:
+                return result
+            lists = [
+                params,
+                grads,
+                *(s for s in state if len(s) == len(params) and torch.is_tensor(s[0]) and s[0].dim()),
+            ]
+            for index in range(len(params)):
+                if all(_column_major(values[index]) for values in lists):
+                    for values in lists:
+                        values[index] = values[index].t()
+            return result
+
+    Transposing.__name__ = Transposing.__qualname__ = optimizer_cls.__name__
+    return Transposing
