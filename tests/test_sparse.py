@@ -156,11 +156,12 @@ def test_fused_adam_updates_column_major_weights_through_their_transposes(optimi
     from pengster.model._plan import _transposing
 
     contiguous = []
-    for name in ("_fused_adam_", "_fused_adamw_"):
+    kernels = {name: getattr(torch, name) for name in ("_fused_adam_", "_fused_adamw_")}
+    for name in kernels:
 
-        def spy(params, *args, kernel=getattr(torch, name), **kwargs):
+        def spy(params, *args, name=name, **kwargs):
             contiguous.append([p.is_contiguous() for p in params])
-            return kernel(params, *args, **kwargs)
+            return kernels[name](params, *args, **kwargs)
 
         monkeypatch.setattr(torch, name, spy)
     torch.manual_seed(0)
