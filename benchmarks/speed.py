@@ -246,11 +246,12 @@ def plan(preset: str, hardware: str, threads: int, epochs: int, h5mu_dir: str) -
             }
         )
 
-    sampled = {"cross_terms": "sampled"}
+    sampled, single = {"cross_terms": "sampled"}, {"cross_terms": "single"}
     if preset == "cpu":
         for batch_size in (128, 256):
             add("pengster", "multiome", 5000, 20_000, batch_size, variant="fast")
             add("pengster", "multiome", 5000, 20_000, batch_size, variant="fast-sampled", model_kwargs=sampled)
+            add("pengster", "multiome", 5000, 20_000, batch_size, variant="fast-single", model_kwargs=single)
             add("multivi", "multiome", 5000, 20_000, batch_size)
         add("pengster", "multiome", 5000, 20_000, 256, variant="scvi-loader", options={"fast": False})
         add("pengster", "cite", 5000, 0, 256, variant="fast")
@@ -261,6 +262,7 @@ def plan(preset: str, hardware: str, threads: int, epochs: int, h5mu_dir: str) -
             add("pengster", "multiome", n_cells, 100_000, None, variant="fast")
             add("multivi", "multiome", n_cells, 100_000, 1024, variant="load_sparse_tensor", load_sparse_tensor=True)
         add("pengster", "multiome", 100_000, 100_000, None, variant="fast-sampled", model_kwargs=sampled)
+        add("pengster", "multiome", 100_000, 100_000, None, variant="fast-single", model_kwargs=single)
         add("multivi", "multiome", 100_000, 100_000, 1024, variant="dense-loader", epochs=2)
         for batch_size in (2048, 4096):
             add("pengster", "multiome", 100_000, 100_000, batch_size, variant=f"fast-bs{batch_size}")
@@ -285,7 +287,8 @@ def plan(preset: str, hardware: str, threads: int, epochs: int, h5mu_dir: str) -
         add("pengster", "multiome", 100_000, 100_000, None, variant="fast")
         add("pengster", "multiome", 100_000, 100_000, None, variant="fast-sampled", model_kwargs=sampled)
         add("pengster", "multiome", 100_000, 100_000, None, variant="fast-sparse", module_attrs={"use_sparse": True})
-        add("pengster", "multiome", 100_000, 100_000, 4096, variant="fast-sampled-bs4096", model_kwargs=sampled)
+        add("pengster", "multiome", 100_000, 100_000, None, variant="fast-single", model_kwargs=single)
+        add("pengster", "multiome", 100_000, 100_000, 4096, variant="fast-single-bs4096", model_kwargs=single)
     else:
         raise ValueError(f"unknown preset {preset!r}")
     return specs

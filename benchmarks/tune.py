@@ -64,13 +64,17 @@ CANDIDATES: dict[str, tuple[dict, dict]] = {
     "bridge_off": ({"bridge_weight": 0.0, "mixing_weight": 0.0}, {}),
     "mixing_off": ({"mixing_weight": 0.0}, {}),
     "mixing_3": ({"mixing_weight": 3.0}, {}),
-    # the current defaults with the sampled cross terms (one decode per cell and modality; speed, issue 5)
-    "sampled": ({"cross_terms": "sampled"}, {}),
+    # the current defaults with every reconstruction term (cross_all, the default) or sampled ones (for speed)
+    "cross_all": ({"cross_terms": "all"}, {}),
+    "cross_sampled": ({"cross_terms": "sampled"}, {}),
+    "cross_single": ({"cross_terms": "single"}, {}),
 }
 
 
 # the current defaults and the RNA bridge / MMD alternatives, compared on the mosaics (the later stages)
 MOSAIC_CANDIDATES = ("current", "bridge_off", "mixing_off", "mixing_3")
+# the training objective's sampled variants (cross_terms), compared on every dataset with the final read-out
+CROSS_CANDIDATES = ("cross_all", "cross_sampled", "cross_single")
 
 # name -> predict keyword arguments: read-outs of one trained model, scored side by side (no retraining)
 READOUTS: dict[str, dict] = {
@@ -254,7 +258,9 @@ def markdown(summary: pd.DataFrame, stages: dict[str, list[str]], *, note: str) 
 
 STAGES = {
     "model change: ATAC cell factor predicted from the other modalities' depth": ["default", "cell_factor"],
-    "stage 1: one setting at a time": [c for c in CANDIDATES if c not in ("cell_factor", *MOSAIC_CANDIDATES)],
+    "stage 1: one setting at a time": [
+        c for c in CANDIDATES if c not in ("cell_factor", *MOSAIC_CANDIDATES, *CROSS_CANDIDATES)
+    ],
     "read-out of predict: decoder alone or averaged with k reference neighbours": [
         f"current+{readout}" for readout in READOUTS if not readout.endswith("_layer")
     ],
@@ -267,6 +273,9 @@ STAGES = {
     ],
     "RNA bridge and MMD weights on the mosaics (final read-out: auto on the data's scale)": [
         f"{c}+auto_layer" for c in MOSAIC_CANDIDATES
+    ],
+    "every reconstruction term, or sampled ones for speed (cross_terms; final read-out)": [
+        f"{c}+auto_layer" for c in CROSS_CANDIDATES
     ],
 }
 

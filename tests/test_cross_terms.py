@@ -1,4 +1,4 @@
-"""``cross_terms="sampled"``: one decode per measured modality of a cell, an unbiased estimate of the exact ELBO."""
+"""``cross_terms`` ``sampled``/``single``: fewer decodes per cell, an unbiased estimate of the exact ELBO."""
 
 from __future__ import annotations
 
@@ -37,6 +37,13 @@ def test_sampled_pairs_one_term_per_measured_modality_drawn_in_proportion_to_wei
     expected[posterior, cell] = weight / total[cell]
     torch.testing.assert_close(counts / n_draws, expected, atol=0.03, rtol=0)
     assert sampled["atac"][1].tolist() == [0, 3] and sampled["protein"][1].tolist() == [1, 3]
+    # keeping the joint term: every measured cell has it with weight 1, and one drawn cross term where it has any
+    kept = pairs(has, modalities, weights, bridge=True, sampled=True, keep_joint=True)
+    posterior, cell, weight = kept["rna"]
+    joint = posterior == 0
+    assert cell[joint].tolist() == [0, 1, 2, 3] and weight[joint].tolist() == [1.0] * 4
+    assert sorted(cell[~joint].tolist()) == [0, 1, 2, 3]  # every cell has the bridge at least
+    torch.testing.assert_close(weight[~joint][torch.argsort(cell[~joint])], total - 1.0)
 
 
 def _module_and_minibatch():
@@ -52,7 +59,8 @@ def _module_and_minibatch():
     return model.module, next(iter(loader))
 
 
-def test_sampled_loss_is_an_unbiased_estimate_of_the_exact_loss():
+@pytest.mark.parametrize("cross_terms", ["sampled", "single"])
+def test_sampled_loss_is_an_unbiased_estimate_of_the_exact_loss(cross_terms):
     module, tensors = _module_and_minibatch()
     assert module.bridge_weight > 0  # the bridge posterior is among the drawn ones
     module.train()
@@ -61,7 +69,7 @@ def test_sampled_loss_is_an_unbiased_estimate_of_the_exact_loss():
     generative_input = module._get_generative_input(tensors, inference)
 
     def loss(sampled: bool) -> float:
-        module.cross_terms = "sampled" if sampled else "all"
+        module.cross_terms = cross_terms if sampled else "all"
         generative_input["pairs"] = module.reconstruction_pairs(inference["has"])
         with torch.no_grad():
             generative = module.generative(**generative_input)
@@ -86,7 +94,7 @@ def test_sampled_terms_only_in_training_and_bad_value_named():
     module.cross_terms = "sampled"
     module.train()
     assert len(module.reconstruction_pairs(has)["rna"][1]) < len(all_terms["rna"][1])
-    with pytest.raises(ValueError, match=r"cross_terms='some'.*'all', 'sampled'"):
+    with pytest.raises(ValueError, match=r"cross_terms='some'.*'all', 'sampled', 'single'"):
         type(module)({"rna": 5}, {"rna": torch.ones(1, 5)}, cross_terms="some")
 
 
@@ -100,11 +108,11 @@ def test_train_with_sampled_terms_decodes_fewer_rows(monkeypatch):
     monkeypatch.setattr(
         module_class, "decode", lambda self, m, z, *a: decoded.append(len(z)) or original(self, m, z, *a)
     )
-    for cross_terms in ("all", "sampled"):
+    for cross_terms in ("all", "sampled", "single"):
         model = pengster.model.JointVAE(mdata, n_hidden=16, n_latent=4, cross_terms=cross_terms)
         decoded.clear()
         model.train(max_epochs=2, accelerator="cpu", enable_progress_bar=False, train_size=1.0)
         rows[cross_terms] = sum(decoded)
         assert np.isfinite(model.history["elbo_train"].to_numpy(dtype=float)).all()
-    # multiome cells: 3 posteriors per modality with all terms, 1 sampled
-    assert rows["sampled"] * 3 == rows["all"]
+    # multiome cells: 3 posteriors decode each modality with all terms, 2 sampled, 1 single
+    assert rows["sampled"] * 3 == rows["all"] * 2 and rows["single"] * 3 == rows["all"]

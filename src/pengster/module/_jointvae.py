@@ -82,8 +82,8 @@ class JointVAEModule(BaseModuleClass):
         Predict the ATAC cell factor of cells without ATAC from the depth of their other modalities (see
         :class:`~pengster.nn.CellFactorPredictor`); False decodes them with the mean factor.
     cross_terms
-        ``all``: decode every reconstruction term; ``sampled``: in training, each measured modality of a cell once,
-        from one posterior drawn in proportion to its weight (an unbiased estimate; see ``module/_pairs.py``).
+        ``all``: decode every reconstruction term; ``sampled`` / ``single``: in training, importance-sampled terms
+        (an unbiased estimate of the same loss with fewer decodes; see ``module/_pairs.py``).
     """
 
     use_sparse: bool | None = None
@@ -114,7 +114,7 @@ class JointVAEModule(BaseModuleClass):
         bridge_weight: float = 0.0,
         protein_background_init: torch.Tensor | None = None,
         predict_cell_factor: bool = True,
-        cross_terms: Literal["all", "sampled"] = "all",
+        cross_terms: Literal["all", "sampled", "single"] = "all",
     ):
         super().__init__()
         if cross_terms not in _pairs.CROSS_TERMS:
@@ -234,13 +234,14 @@ class JointVAEModule(BaseModuleClass):
     def reconstruction_pairs(self, has: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, ...]]:
         """Modality -> ``(posterior, cell, weight)`` of the reconstruction terms of the interdependent ELBO.
 
-        See :func:`pengster.module._pairs.pairs`: every term, or (``cross_terms="sampled"``, in training) one
-        importance-weighted term per measured modality of each cell.
+        See :func:`pengster.module._pairs.pairs`: every term, or in training with ``cross_terms`` ``sampled`` or
+        ``single``, importance-weighted draws of them.
         """
         bridge = self.bridge_weight > 0
         weights = _pairs.posterior_weights(has, self.modalities, self.cross_weight, bridge)
-        sampled = self.cross_terms == "sampled" and self.training
-        return _pairs.pairs(has, self.modalities, weights, bridge=bridge, sampled=sampled)
+        sampled = self.cross_terms != "all" and self.training
+        keep_joint = self.cross_terms == "sampled"
+        return _pairs.pairs(has, self.modalities, weights, bridge=bridge, sampled=sampled, keep_joint=keep_joint)
 
     # ----------------------------------------------------------------------------------------- inference
     @auto_move_data
