@@ -231,10 +231,12 @@ class JointVAEModule(BaseModuleClass):
             "pairs": self.reconstruction_pairs(inference_outputs["has"]),
         }
 
-    def reconstruction_pairs(self, has: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, ...]]:
+    def reconstruction_pairs(
+        self, has: Mapping[str, torch.Tensor]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Modality -> ``(posterior, cell, weight)`` of the reconstruction terms of the interdependent ELBO.
 
-        See :func:`pengster.module._pairs.pairs`: every term, or in training with ``cross_terms`` ``sampled`` or
+        See ``pengster.module._pairs.pairs``: every term, or in training with ``cross_terms`` ``sampled`` or
         ``single``, importance-weighted draws of them.
         """
         bridge = self.bridge_weight > 0
