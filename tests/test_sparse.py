@@ -182,3 +182,23 @@ def test_fused_adam_updates_column_major_weights_through_their_transposes(optimi
         torch.testing.assert_close(transposed, plain, rtol=0, atol=0)
     # the plain optimizer hands the kernel the column-major weight (which it copies), the other its transpose
     assert contiguous[0] == [True, False, True] and contiguous[-1] == [True, True, True]
+
+
+def test_transposing_optimizer_accepts_an_init_group_with_flags():
+    from pengster.model._plan import _transposing
+
+    class OldAdamW(torch.optim.Adam):  # torch < 2.7: AdamW._init_group(group, params, grads, amsgrad, ...)
+        def _init_group(self, group, params, grads, amsgrad, *state):
+            return super()._init_group(group, params, grads, *state)
+
+        def step(self):
+            for group in self.param_groups:
+                lists = [], [], [], [], [], []
+                self._init_group(group, lists[0], lists[1], group["amsgrad"], *lists[2:])
+                self.seen = lists
+
+    weight = torch.nn.Parameter(torch.randn(4, 3).t())
+    weight.grad = torch.randn(4, 3).t()
+    optimizer = _transposing(OldAdamW)([weight], fused=True)
+    optimizer.step()
+    assert optimizer.seen[0][0].is_contiguous()  # the column-major weight went to the kernel transposed

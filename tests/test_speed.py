@@ -101,11 +101,23 @@ def test_minibatch_carries_its_nonzeros_also_from_unsorted_csr_with_repeats_and_
         expected = odd.toarray()[batch["row"].numpy().ravel().astype(int)]
         np.testing.assert_array_equal(dense.numpy(), (expected != 0) if binary else expected)
         carried, found = SparseRows.of(dense), SparseRows.from_dense(dense)
-        assert carried is not found and carried is dense._pengster_sparse_rows
+        assert carried is not found and carried is dense._pengster_sparse_rows[0]
         for name in ("row", "col", "value", "offsets", "lengths"):
             torch.testing.assert_close(getattr(carried, name), getattr(found, name), msg=name)
     for array, kept in zip((odd.indptr, odd.indices, odd.data), before, strict=True):
         np.testing.assert_array_equal(array, kept)  # the user's matrix is untouched
+    dense.mul_(2.0)  # changed in place: the carried entries are stale and not used
+    torch.testing.assert_close(SparseRows.of(dense).value, SparseRows.from_dense(dense).value)
+
+
+def test_minibatch_carries_no_entry_that_float32_rounds_to_zero():
+    matrix = sparse.csr_matrix(np.array([[1e-50, 2.0, 0.0], [0.0, 0.0, 3.0]]))
+    loader = DeviceMinibatchLoader(
+        {"x": matrix}, {"row": np.arange(2)}, indices=np.arange(2), strata=np.zeros(2), batch_size=2, device="cpu",
+        shuffle=False,
+    )  # fmt: skip
+    carried = SparseRows.of(next(iter(loader))["x"])
+    assert carried.col.tolist() == [1, 2] and carried.value.tolist() == [2.0, 3.0]
 
 
 def test_ranks_take_equal_disjoint_shares():

@@ -173,7 +173,9 @@ class DeviceBlock:
             torch.ones(total, device=rows.device) if self.values is None else self.values.index_select(0, positions)
         )
         out = torch.zeros(len(rows_host) * self.n_cols, device=rows.device)
-        dense = out.scatter_add_(0, flat, values).view(len(rows_host), self.n_cols)
+        # binary: a repeated entry is still 1
+        out = out.index_fill_(0, flat, 1.0) if self.values is None else out.scatter_add_(0, flat, values)
+        dense = out.view(len(rows_host), self.n_cols)
         if self.attach:
             offsets = torch.cumsum(lengths, 0) - lengths
             attach(dense, SparseRows(row_of_entry, col, values, offsets, lengths, len(rows_host), self.n_cols))
@@ -192,7 +194,8 @@ def _canonical(indptr: np.ndarray, indices, values, n_cols: int) -> tuple:
     boundaries = np.asarray(indptr[1:-1], dtype=np.int64) - 1
     increasing = step > 0
     increasing[boundaries[(boundaries >= 0) & (boundaries < len(step))]] = True
-    if increasing.all() and (values is None or np.all(np.asarray(values) != 0)):
+    # zeros as stored on the device (float32: a tiny value can round to 0)
+    if increasing.all() and (values is None or np.all(np.asarray(values, dtype=np.float32) != 0)):
         return indptr, indices, values
     data = np.ones(len(indices), np.float32) if values is None else np.array(values, dtype=np.float32)
     matrix = sparse.csr_matrix((data, indices.copy(), np.array(indptr)), shape=(len(indptr) - 1, n_cols))

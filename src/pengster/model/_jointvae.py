@@ -298,7 +298,8 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         if getattr(self, "is_query_", False):
             # weight decay would move the frozen reference weights (their gradients are zeroed, not their decay)
             plan_kwargs.setdefault("weight_decay", 0.0)
-        if early_stopping and kwargs.get("train_size") == 1.0 and not kwargs.get("validation_size"):
+        on_validation = str(kwargs.get("early_stopping_monitor", "validation_loss")).startswith("validation")
+        if early_stopping and on_validation and kwargs.get("train_size") == 1.0 and not kwargs.get("validation_size"):
             # no validation cells, so no validation loss to stop on (Lightning's error would name neither)
             logger.warning("JointVAE.train: train_size=1.0 leaves no validation cells; early stopping is off.")
             early_stopping = False

@@ -55,7 +55,8 @@ def _transposing(optimizer_cls: type) -> type:
             lists = [
                 params,
                 grads,
-                *(s for s in state if len(s) == len(params) and torch.is_tensor(s[0]) and s[0].dim()),
+                # the moments (lists as long as params); not the step counters, nor flags such as older AdamW's amsgrad
+                *(s for s in state if isinstance(s, list) and len(s) == len(params) and s[0].dim()),
             ]
             for index in range(len(params)):
                 if all(_column_major(values[index]) for values in lists):

@@ -57,8 +57,9 @@ class SparseRows:
     @classmethod
     def of(cls, dense: torch.Tensor) -> SparseRows:
         """The nonzero entries of ``dense``: those a loader attached to it (:func:`attach`), else :meth:`from_dense`."""
-        attached = getattr(dense, _ATTACHED, None)
-        if attached is not None and (attached.n_rows, attached.n_cols) == tuple(dense.shape):
+        attached, version = getattr(dense, _ATTACHED, (None, None))
+        # not if ``dense`` was changed in place since (its version counter moved)
+        if attached is not None and version == dense._version and (attached.n_rows, attached.n_cols) == dense.shape:
             return attached
         return cls.from_dense(dense)
 
@@ -66,7 +67,8 @@ class SparseRows:
     def by_column(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(order, crow)``: the entries sorted by column (stable) and each column's first position (CSR of x.T).
 
-        Computed once per object: the ATAC encoder and the cell-factor encoder share their input rows.
+        Computed once per object: the ATAC encoder and the cell-factor encoder share their input rows (when no
+        one-hot covariate columns are appended to them, see :meth:`append_columns`).
         """
         order = torch.argsort(self.col, stable=True)
         crow = torch.zeros(self.n_cols + 1, dtype=torch.int64, device=self.col.device)
@@ -102,7 +104,8 @@ class SparseRows:
         """Add ``n_extra`` columns with a 1 in row ``i`` at each ``columns[i, j]`` (ints ``(n_rows, k)``, from 0)."""
         n_per_row = columns.shape[1]
         if n_per_row == 0:
-            return replace(self, n_cols=self.n_cols + n_extra)
+            # the same object when nothing is added: its cached column order (by_column) is reused
+            return self if n_extra == 0 else replace(self, n_cols=self.n_cols + n_extra)
         device = self.col.device
         rows = torch.arange(self.n_rows, device=device)
         lengths = self.lengths + n_per_row
@@ -136,9 +139,9 @@ def attach(dense: torch.Tensor, rows: SparseRows) -> torch.Tensor:
 
     The device loader builds a minibatch from CSR entries it already holds; attached to the dense minibatch, the
     module's sparse path reads them instead of searching the dense array for its nonzeros again. A tensor derived
-    from ``dense`` (a copy, a slice) does not carry them.
+    from ``dense`` (a copy, a slice) does not carry them, and ``dense`` changed in place no longer does.
     """
-    setattr(dense, _ATTACHED, rows)
+    setattr(dense, _ATTACHED, (rows, dense._version))
     return dense
 
 
