@@ -38,16 +38,6 @@ def posterior_weights(
     return torch.stack(rows)
 
 
-def _needed(has: Mapping[str, torch.Tensor], modalities: Sequence[str], bridge: bool) -> torch.Tensor:
-    """Posteriors decoded for each cell ``(n_posteriors, n_cells)``, whatever their weight (see :func:`pairs`)."""
-    measured = torch.stack([has[m] > 0 for m in modalities])
-    several = measured.sum(0) > 1
-    rows = [torch.ones_like(measured[:1]), measured & several]
-    if bridge:
-        rows.append(measured[list(modalities).index("rna")].unsqueeze(0))
-    return torch.cat(rows)
-
-
 def pairs(
     has: Mapping[str, torch.Tensor],
     modalities: Sequence[str],
@@ -65,7 +55,8 @@ def pairs(
     (one of the non-joint ones, and the joint term as well, with ``keep_joint``), drawn with probability
     proportional to its weight; the drawn term has the sum of the weights of the posteriors it was drawn from.
     """
-    needed = _needed(has, modalities, bridge)
+    # decoded whatever their weight (cross_weight=0 still decodes the cross terms, with weight 0)
+    needed = posterior_weights(has, modalities, 1.0, bridge) > 0
     out = {}
     for modality in modalities:
         measured = has[modality] > 0
