@@ -68,6 +68,8 @@ CANDIDATES: dict[str, tuple[dict, dict]] = {
     "cross_all": ({"cross_terms": "all"}, {}),
     "cross_sampled": ({"cross_terms": "sampled"}, {}),
     "cross_single": ({"cross_terms": "single"}, {}),
+    # bf16 autocast (GPU only: on CPUs without bf16 instructions it is ~20x slower; PENGSTER_BENCH_ACCELERATOR=gpu)
+    "precision_bf16": ({}, {"precision": "bf16-mixed"}),
 }
 
 
@@ -259,7 +261,7 @@ def markdown(summary: pd.DataFrame, stages: dict[str, list[str]], *, note: str) 
 STAGES = {
     "model change: ATAC cell factor predicted from the other modalities' depth": ["default", "cell_factor"],
     "stage 1: one setting at a time": [
-        c for c in CANDIDATES if c not in ("cell_factor", *MOSAIC_CANDIDATES, *CROSS_CANDIDATES)
+        c for c in CANDIDATES if c not in ("cell_factor", "precision_bf16", *MOSAIC_CANDIDATES, *CROSS_CANDIDATES)
     ],
     "read-out of predict: decoder alone or averaged with k reference neighbours": [
         f"current+{readout}" for readout in READOUTS if not readout.endswith("_layer")

@@ -280,9 +280,11 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         fast
             Minibatches gathered on the training device from the CSR matrices (the whole matrix on the GPU when it
             fits, else read in contiguous chunks in shuffled order, also from a backed h5mu), TF32 matrix
-            products and a compiled ATAC likelihood on GPUs (float32 throughout; bf16 is not used), fused Adam; on
-            CPU the RNA/ATAC encoders read only the nonzero counts (same values, see ``JointVAEModule.use_sparse``).
-            False: scvi-tools' loader, minibatches of 256 and the dense reference computation.
+            products and a compiled ATAC likelihood on GPUs, fused Adam; on CPU the RNA/ATAC encoders read only
+            the nonzero counts (same values, see ``JointVAEModule.use_sparse``).
+            False: scvi-tools' loader, minibatches of 256 and the dense reference computation. Either way training
+            is in float32 unless ``precision="bf16-mixed"`` is passed (bf16 autocast: the layers run in bf16, the
+            likelihoods and the loss in float32; for GPUs with bf16 support).
         data_on_device
             Keep the whole count matrices on the device (True), read them in chunks (False), or decide from the
             free GPU memory (None).

@@ -38,6 +38,22 @@ def scaled_lr(batch_size: int) -> float:
     return BASE_LR * math.sqrt(max(batch_size, BASE_BATCH_SIZE) / BASE_BATCH_SIZE)
 
 
+PRECISIONS = (None, 32, "32", "32-true", "bf16-mixed", "bf16")
+"""Lightning ``precision`` values :meth:`~pengster.model.JointVAE.train` accepts: float32 or bf16 autocast."""
+
+
+def check_precision(precision) -> None:
+    """Raise for a Lightning ``precision`` that pengster does not train with (float16, float64, ``*-true``)."""
+    if precision in PRECISIONS:
+        return
+    raise ValueError(
+        f"JointVAE.train(precision={precision!r}): pengster trains in float32 (the default) or with "
+        "precision='bf16-mixed' (bf16 autocast: the layers run in bf16, the likelihoods and the loss in float32). "
+        "float16 needs loss scaling and '*-true' precisions cast the weights and the counts, which pengster does "
+        "not support; pass precision='bf16-mixed' or leave it unset."
+    )
+
+
 def _on_cuda(accelerator: str | None) -> bool:
     if accelerator in ("cpu",):
         return False
@@ -59,6 +75,7 @@ def speed_options(
 
     Nothing the caller set explicitly is overridden.
     """
+    check_precision(trainer_kwargs.get("precision"))
     plan_kwargs = dict(plan_kwargs)
     if batch_size is None:
         batch_size = auto_batch_size(n_cells) if fast else BASE_BATCH_SIZE

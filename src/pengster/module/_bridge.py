@@ -55,6 +55,6 @@ def bridge_posterior(module, x_rna: torch.Tensor, has_rna: torch.Tensor, panel: 
     if rows.numel() > 0:
         mask = module.bridge_mask * module.feature_mask("rna", panel[rows])
         qz, _ = module.bridge_encoder(rna_encoder_input(x_rna[rows].float(), mask))
-        mean = mean.index_copy(0, rows, qz.loc)
-        variance = variance.index_copy(0, rows, qz.scale.pow(2))
+        mean = mean.index_copy(0, rows, qz.loc.float())
+        variance = variance.index_copy(0, rows, qz.scale.float().pow(2))
     return product_of_experts([mean], [variance], [has_rna.float()])

@@ -28,6 +28,7 @@ from pengster.nn import (
 )
 from pengster.nn._fused import _all_ones
 from pengster.nn._pair_nll import pair_nll
+from pengster.nn._precision import autocast_off
 
 from . import _pairs, _sparse_inputs
 from ._bridge import alignment_kl, bridge_posterior, shared_genes
@@ -271,8 +272,9 @@ class JointVAEModule(BaseModuleClass):
                 encoder_input = ENCODER_INPUTS[modality](x[modality][rows].float(), mask)
                 qz, _ = self.encoders[modality](encoder_input, *[c[rows] for c in categoricals])
             if rows.numel() > 0:
-                mean = mean.index_copy(0, rows, qz.loc)
-                variance = variance.index_copy(0, rows, qz.scale.pow(2))
+                # float32 from here on: under bf16 autocast only the networks' layers run in bf16
+                mean = mean.index_copy(0, rows, qz.loc.float())
+                variance = variance.index_copy(0, rows, qz.scale.float().pow(2))
             experts[modality] = (mean, variance)
         return experts
 
@@ -365,6 +367,7 @@ class JointVAEModule(BaseModuleClass):
                 own = self.cell_factor_encoder(
                     ENCODER_INPUTS["atac"](x["atac"][rows].float(), mask), *[c[rows] for c in categoricals]
                 )
+            own = own.float()
             if self.training and not self.freeze_running_stats:
                 with torch.no_grad():
                     self.atac_cell_factor_mean.lerp_(own.mean(), 0.01)
@@ -421,6 +424,7 @@ class JointVAEModule(BaseModuleClass):
         return clr(foreground, feature_mask)
 
     # ----------------------------------------------------------------------------------------- loss
+    @autocast_off()
     def loss(self, tensors, inference_outputs, generative_outputs, kl_weight: float = 1.0) -> LossOutput:
         """Interdependent ELBO (joint + each measured modality's own posterior) plus contrastive alignment."""
         has = inference_outputs["has"]
@@ -486,8 +490,8 @@ class JointVAEModule(BaseModuleClass):
             rows = (has[left] * has[right]).nonzero().view(-1)
             if rows.numel() < 2:
                 continue
-            embed_left = self.projection_heads[left](experts[left][0][rows])
-            embed_right = self.projection_heads[right](experts[right][0][rows])
+            embed_left = self.projection_heads[left](experts[left][0][rows]).float()
+            embed_right = self.projection_heads[right](experts[right][0][rows]).float()
             total = total + symmetric_info_nce(embed_left, embed_right, scale)
         return total
 

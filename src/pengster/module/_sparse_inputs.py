@@ -110,7 +110,7 @@ def cell_factor(module, x, sparse, panel, rows, categoricals) -> torch.Tensor:
     finally:
         if single:
             layers.train()
-    return torch.sigmoid(encoder.output(hidden))
+    return torch.sigmoid(encoder.output(hidden).float())
 
 
 def column_major_first_layers(module) -> None:

@@ -66,7 +66,8 @@ class RNADecoder(nn.Module):
     ) -> tuple[Distribution, torch.Tensor]:
         """Return ``(px, scale)``: the count distribution and the expression proportions (rows sum to 1)."""
         scale, _, _, dropout_logits = self.decoder("gene", z, torch.zeros_like(z[..., :1]), *categoricals)
-        scale = masked_normalize(scale, feature_mask)
+        # the likelihood in float32 (under bf16 autocast the layers' outputs are bf16)
+        scale, dropout_logits = masked_normalize(scale.float(), feature_mask), dropout_logits.float()
         rate = scale * library
         theta = self.log_theta.exp()
         if self.likelihood == "zinb":
@@ -99,7 +100,7 @@ class ATACDecoder(nn.Module):
 
     def probabilities(self, z: torch.Tensor, cell_factor: torch.Tensor, *categoricals: torch.Tensor) -> torch.Tensor:
         """Accessibility probabilities of shape ``z.shape[:-1] + (n_peaks,)``."""
-        logits = self.output(_hidden(self.layers, z, *categoricals))
+        logits = self.output(_hidden(self.layers, z, *categoricals)).float()
         return torch.sigmoid(logits) * torch.sigmoid(self.region_logit) * cell_factor
 
     def forward(
@@ -112,7 +113,8 @@ class ATACDecoder(nn.Module):
     ) -> tuple[Distribution, torch.Tensor]:
         """Return ``(px, probabilities)``; when training, ``probabilities`` is None for ``bernoulli`` (not needed)."""
         if self.likelihood == "bernoulli":
-            px = FactorBernoulli(self.output(_hidden(self.layers, z, *categoricals)), self.region_logit, cell_factor)
+            logits = self.output(_hidden(self.layers, z, *categoricals)).float()
+            px = FactorBernoulli(logits, self.region_logit, cell_factor)
             return px, None if (self.training and torch.is_grad_enabled()) else px.probs
         probs = self.probabilities(z, cell_factor, *categoricals).clamp(1e-6, 1 - 1e-6)
         return Poisson(masked_normalize(probs, feature_mask) * library + 1e-8), probs
@@ -128,7 +130,7 @@ class CellFactorEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, *categoricals: torch.Tensor) -> torch.Tensor:
         """Return the factor of shape ``(n_cells, 1)``."""
-        return torch.sigmoid(self.output(_hidden(self.layers, x, *categoricals)))
+        return torch.sigmoid(self.output(_hidden(self.layers, x, *categoricals)).float())
 
 
 class ProteinDecoder(nn.Module):
@@ -164,8 +166,8 @@ class ProteinDecoder(nn.Module):
         hidden = _hidden(self.layers, z, *categoricals)
         background = self.log_background[:, batch_index.view(-1).long()].T.exp()
         background = background.expand(z.shape[:-1] + background.shape[-1:])
-        foreground = background * (1.0 + F.softplus(self.foreground(hidden)) + 1e-4)
-        mixing_logits = self.mixing(hidden)
+        foreground = background * (1.0 + F.softplus(self.foreground(hidden).float()) + 1e-4)
+        mixing_logits = self.mixing(hidden).float()
         theta = self.log_theta.exp()
         px = NegativeBinomialMixture(mu1=background, mu2=foreground, theta1=theta, mixture_logits=mixing_logits)
         parts = {"background": background, "foreground": foreground, "mixing": torch.sigmoid(mixing_logits)}
