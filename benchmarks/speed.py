@@ -370,8 +370,16 @@ def main(argv: list[str] | None = None):
             continue
         records = [r for r in records if _key(r) != _key(record)] + [record]
         out.write_text(json.dumps(records, indent=1) + "\n")
-        out.with_suffix(".md").write_text(markdown(records))
+        write_markdown(out.with_suffix(".md"), records)
     print(markdown(records))
+
+
+def write_markdown(path: Path, records: list[dict]) -> None:
+    """Write the table of ``records`` to ``path``, keeping the notes written below the previous table."""
+    notes = ""
+    if path.exists():
+        _, _, notes = path.read_text().partition("\n\n")
+    path.write_text(markdown(records) + ("\n" + notes if notes else ""))
 
 
 def _key(record: dict) -> tuple:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -163,3 +165,22 @@ def test_auto_batch_size_and_lr_rule():
     assert auto_batch_size(100_000) == 1024 and auto_batch_size(1_000_000) == 2048
     assert scaled_lr(256) == pytest.approx(BASE_LR) and scaled_lr(1024) == pytest.approx(2 * BASE_LR)
     assert scaled_lr(64) == pytest.approx(BASE_LR)
+
+
+def test_speed_markdown_rewrites_the_table_and_keeps_the_notes(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from benchmarks import speed
+
+    record = dict.fromkeys(speed.FIELDS, None) | {
+        "hardware": "cpu-2core", "dataset": "multiome", "n_cells": 10, "n_peaks": 5, "method": "multivi",
+        "batch_size": 128, "cells_per_s": 100.0, "peak_rss_mb": 1,
+    }  # fmt: skip
+    path = tmp_path / "speed.md"
+    speed.write_markdown(path, [record])
+    assert path.read_text() == speed.markdown([record])
+    path.write_text(path.read_text() + "\nNotes: measured on an idle machine.\n")
+    faster = record | {"cells_per_s": 250.0}
+    speed.write_markdown(path, [faster])
+    text = path.read_text()
+    assert text == speed.markdown([faster]) + "\nNotes: measured on an idle machine.\n"
+    assert "| 250 |" in text and "| 100 |" not in text
