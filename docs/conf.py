@@ -25,7 +25,7 @@ for notebook in sorted((ROOT / "tutorials").glob("*.ipynb")):
 
 project = "pengster"
 author = "pengster developers"
-copyright = f"{date.today().year}, {author}"  # noqa: A001
+copyright = f"{date.today().year}, {author}"
 version = release = pengster.__version__
 
 extensions = [
