@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -182,6 +184,12 @@ def test_fused_adam_updates_column_major_weights_through_their_transposes(optimi
         torch.testing.assert_close(transposed, plain, rtol=0, atol=0)
     # the plain optimizer hands the kernel the column-major weight (which it copies), the other its transpose
     assert contiguous[0] == [True, False, True] and contiguous[-1] == [True, True, True]
+    # a module-level class: the optimizer pickles (Lightning and users may copy or pickle a trainer)
+    restored = pickle.loads(pickle.dumps(optimizer))
+    assert type(restored) is type(optimizer) and issubclass(type(restored), optimizer_cls)
+    torch.testing.assert_close(
+        restored.state_dict()["state"][1]["exp_avg"], optimizer.state_dict()["state"][1]["exp_avg"]
+    )
 
 
 def test_transposing_optimizer_accepts_an_init_group_with_flags():

@@ -38,8 +38,8 @@ def _column_major(tensor: torch.Tensor) -> bool:
     return tensor.dim() == 2 and not tensor.is_contiguous() and tensor.t().is_contiguous()
 
 
-def _transposing(optimizer_cls: type) -> type:
-    """``optimizer_cls`` (Adam/AdamW) that hands column-major tensors to its kernel as their contiguous transposes.
+class _Transposing:
+    """Adam/AdamW that hands column-major tensors to its kernel as their contiguous transposes.
 
     The sparse encoders keep their first weights column-major (``nn._sparse.column_major_``); the fused kernel
     copies a non-contiguous parameter, its gradient and both moments to contiguous memory and back on every step
@@ -47,22 +47,34 @@ def _transposing(optimizer_cls: type) -> type:
     update of ``W``.
     """
 
-    class Transposing(optimizer_cls):
-        def _init_group(self, group, params, grads, *state, **kwargs):
-            result = super()._init_group(group, params, grads, *state, **kwargs)
-            if not params:
-                return result
-            lists = [
-                params,
-                grads,
-                # the moments (lists as long as params); not the step counters, nor flags such as older AdamW's amsgrad
-                *(s for s in state if isinstance(s, list) and len(s) == len(params) and s[0].dim()),
-            ]
-            for index in range(len(params)):
-                if all(_column_major(values[index]) for values in lists):
-                    for values in lists:
-                        values[index] = values[index].t()
+    def _init_group(self, group, params, grads, *state, **kwargs):
+        result = super()._init_group(group, params, grads, *state, **kwargs)
+        if not params:
             return result
+        lists = [
+            params,
+            grads,
+            # the moments (lists as long as params); not the step counters, nor flags such as older AdamW's amsgrad
+            *(s for s in state if isinstance(s, list) and len(s) == len(params) and s[0].dim()),
+        ]
+        for index in range(len(params)):
+            if all(_column_major(values[index]) for values in lists):
+                for values in lists:
+                    values[index] = values[index].t()
+        return result
 
-    Transposing.__name__ = Transposing.__qualname__ = optimizer_cls.__name__
-    return Transposing
+
+class TransposingAdam(_Transposing, torch.optim.Adam):
+    """:class:`torch.optim.Adam` with column-major tensors updated through their transposes (see ``_Transposing``)."""
+
+
+class TransposingAdamW(_Transposing, torch.optim.AdamW):
+    """:class:`torch.optim.AdamW` with column-major tensors updated through their transposes."""
+
+
+def _transposing(optimizer_cls: type) -> type:
+    """The transposing version of ``optimizer_cls``: module-level (picklable) for Adam and AdamW."""
+    for transposing in (TransposingAdam, TransposingAdamW):
+        if transposing.__bases__[1] is optimizer_cls:
+            return transposing
+    return type(optimizer_cls.__name__, (_Transposing, optimizer_cls), {"__module__": __name__})
