@@ -85,9 +85,21 @@ def test_train_bf16_mixed_on_cpu(mosaic, fast):
     assert all(p.dtype == torch.float32 for p in model.module.parameters())  # mixed, not bf16 weights
 
 
-@pytest.mark.parametrize("precision", ["16-mixed", "bf16-true", "64-true"])
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-true", "64-true", 16, 32.0])
 def test_unsupported_precision_named_with_the_fix(mosaic, precision):
     model = pengster.model.JointVAE(mosaic, n_hidden=8, n_latent=4)
-    with pytest.raises(ValueError, match=rf"precision='{precision}'.*pass precision='bf16-mixed' or leave it unset"):
+    with pytest.raises(ValueError, match=rf"precision={precision!r}.*pass precision='bf16-mixed' or leave it unset"):
         model.train(max_epochs=1, accelerator="cpu", precision=precision)
     assert not model.is_trained_
+
+
+def test_precision_plugins_checked_like_the_precision_argument():
+    from lightning.pytorch.plugins import DoublePrecision, HalfPrecision, MixedPrecision, Precision
+
+    from pengster.model._speed import check_precision
+
+    check_precision(None, [Precision()])
+    check_precision("bf16-mixed", [MixedPrecision("bf16-mixed", "cpu")])
+    for plugin in (HalfPrecision("bf16-true"), DoublePrecision(), MixedPrecision("16-mixed", "cpu")):
+        with pytest.raises(ValueError, match=r"precision=.*no precision plugin in plugins="):
+            check_precision(None, [plugin])

@@ -42,16 +42,29 @@ PRECISIONS = (None, 32, "32", "32-true", "bf16-mixed", "bf16")
 """Lightning ``precision`` values :meth:`~pengster.model.JointVAE.train` accepts: float32 or bf16 autocast."""
 
 
-def check_precision(precision) -> None:
-    """Raise for a Lightning ``precision`` that pengster does not train with (float16, float64, ``*-true``)."""
-    if precision in PRECISIONS:
-        return
-    raise ValueError(
-        f"JointVAE.train(precision={precision!r}): pengster trains in float32 (the default) or with "
-        "precision='bf16-mixed' (bf16 autocast: the layers run in bf16, the likelihoods and the loss in float32). "
-        "float16 needs loss scaling and '*-true' precisions cast the weights and the counts, which pengster does "
-        "not support; pass precision='bf16-mixed' or leave it unset."
-    )
+def check_precision(precision, plugins=None) -> None:
+    """Raise for a Lightning precision that pengster does not train with (float16, float64, ``*-true``).
+
+    ``precision`` is ``Trainer(precision=...)``; ``plugins`` may hold a Lightning precision plugin instead.
+    """
+    from lightning.pytorch.plugins import MixedPrecision, Precision
+
+    values = [precision]
+    for plugin in plugins if isinstance(plugins, list | tuple) else [plugins]:
+        if isinstance(plugin, Precision):
+            # the plain plugin is float32; any other is accepted only as bf16 autocast
+            plain = type(plugin) is Precision
+            name = f"{type(plugin).__name__}({getattr(plugin, 'precision', '')!r})"
+            values.append(None if plain else plugin.precision if type(plugin) is MixedPrecision else name)
+    for value in values:
+        if type(value) in (type(None), int, str) and value in PRECISIONS:
+            continue
+        raise ValueError(
+            f"JointVAE.train(precision={value!r}): pengster trains in float32 (the default) or with "
+            "precision='bf16-mixed' (bf16 autocast: the layers run in bf16, the likelihoods and the loss in float32). "
+            "float16 needs loss scaling and '*-true' precisions cast the weights and the counts, which pengster does "
+            "not support; pass precision='bf16-mixed' or leave it unset (and no precision plugin in plugins=)."
+        )
 
 
 def _on_cuda(accelerator: str | None) -> bool:
@@ -75,7 +88,7 @@ def speed_options(
 
     Nothing the caller set explicitly is overridden.
     """
-    check_precision(trainer_kwargs.get("precision"))
+    check_precision(trainer_kwargs.get("precision"), trainer_kwargs.get("plugins"))
     plan_kwargs = dict(plan_kwargs)
     if batch_size is None:
         batch_size = auto_batch_size(n_cells) if fast else BASE_BATCH_SIZE

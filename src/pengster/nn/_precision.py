@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import torch
 
-AUTOCAST_DEVICES = ("cpu", "cuda")
+AUTOCAST_DEVICES = ("cpu", "cuda", "mps", "xpu")
+"""Device types whose autocast :func:`autocast_off` turns off (Lightning's autocast is the training device's)."""
 
 
 @contextlib.contextmanager
