@@ -184,3 +184,47 @@ def test_speed_markdown_rewrites_the_table_and_keeps_the_notes(tmp_path, monkeyp
     text = path.read_text()
     assert text == speed.markdown([faster]) + "\nNotes: measured on an idle machine.\n"
     assert "| 250 |" in text and "| 100 |" not in text
+
+
+def test_training_step_reads_the_device_only_where_it_must():
+    """Host syncs of one training step on the GPU's (dense) path, counted on CPU: each would stall a GPU's queue."""
+    import lightning.pytorch as pl
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import pengster
+
+    class Reads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func._schema.name
+            masks = [a for a in args if isinstance(a, list | tuple)]
+            boolean_index = name.startswith("aten::index") and any(
+                getattr(t, "dtype", None) == torch.bool for m in masks for t in m
+            )
+            if name in ("aten::nonzero", "aten::_local_scalar_dense", "aten::equal") or boolean_index:
+                self.ops.append(name)
+            return func(*args, **(kwargs or {}))
+
+    reads = Reads()
+
+    class Count(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 1:
+                reads.__enter__()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 1:
+                reads.__exit__(None, None, None)
+
+    mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 80}, n_genes=30, n_peaks=40, seed=0)
+    pengster.model.JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac"}, batch_key="batch")
+    model = pengster.model.JointVAE(mdata, n_hidden=16, n_latent=4)
+    model.module.use_sparse = False
+    model.train(max_epochs=1, batch_size=32, accelerator="cpu", enable_progress_bar=False, callbacks=[Count()])
+    # 7 row selections by modality (nonzero), 1 finiteness check of loss and gradients, and scvi-tools' one_hot of
+    # the batch in the 4 networks (a read on CPU only: on CUDA one_hot relies on device asserts). Not the ~14 argument
+    # checks of torch.distributions (off while training) nor boolean masks.
+    assert sorted(reads.ops) == ["aten::_local_scalar_dense"] * 5 + ["aten::nonzero"] * 7, reads.ops

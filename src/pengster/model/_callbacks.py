@@ -83,7 +83,8 @@ class StepSeed(Callback):
 class FiniteLossCheck(Callback):
     """Stop training with :class:`FloatingPointError` when a loss or gradient is NaN or infinite.
 
-    Runs before the backward pass, so the weights are never updated with a non-finite loss. The error names the
+    The loss and the gradients are checked together before the optimizer step (one device-to-host copy a step, the
+    only GPU sync it adds), so the weights are never updated with a non-finite loss. The error names the
     minibatch (epoch, step), the batch categories of its cells, and which part is non-finite: a modality's
     encoder or reconstruction, the KL term, the contrastive term, or the model's parameters.
 
@@ -98,40 +99,63 @@ class FiniteLossCheck(Callback):
         self._batch: Mapping[str, torch.Tensor] | None = None
         self._where = ""
         self._module = None
+        self._loss: torch.Tensor | None = None
+        # the module's buffers (batch-norm statistics, running factors) before the training minibatch
+        self._buffers: list[torch.Tensor] = []
+        self._saved: list[torch.Tensor] = []
 
     def _remember(self, trainer, pl_module, batch, batch_idx, stage: str) -> None:
         self._batch, self._module = batch, pl_module.module
         self._where = f"epoch {trainer.current_epoch}, step {trainer.global_step} ({stage} minibatch {batch_idx})"
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        """Remember the minibatch, to diagnose it if its loss is not finite."""
+        """Remember the minibatch and the module's buffers, to diagnose the minibatch if its loss is not finite."""
         self._remember(trainer, pl_module, batch, batch_idx, "training")
+        buffers = list(pl_module.module.buffers())
+        same = [(b.shape, b.dtype, b.device) for b in buffers] == [(b.shape, b.dtype, b.device) for b in self._saved]
+        if same and buffers:
+            torch._foreach_copy_(self._saved, buffers)  # one copy, no GPU sync
+        else:
+            self._saved = [b.detach().clone() for b in buffers]
+        self._buffers = buffers
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx: int = 0) -> None:
         """Remember the minibatch, to diagnose it if its loss is not finite."""
         self._remember(trainer, pl_module, batch, batch_idx, "validation")
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
-        """Raise before a non-finite loss reaches the weights."""
-        if not torch.isfinite(loss).all():
-            raise self.error(f"the loss is {loss.item()}")
+        """Keep the loss, to check it with the gradients before the optimizer step."""
+        self._loss = loss.detach()
 
     def error(self, what: str) -> FloatingPointError:
-        """The error for the remembered minibatch: where, which cells, and which terms are not finite."""
+        """The error for the remembered minibatch: where, which cells, and which terms are not finite.
+
+        After a training minibatch the module's buffers are first put back as they were before it (its forward pass
+        has already folded the non-finite values into the batch-norm statistics).
+        """
+        if "training" in self._where and self._buffers:
+            with torch.no_grad():
+                torch._foreach_copy_(self._buffers, self._saved)
         parts = diagnose(self._module, self._batch) if self._batch is not None else []
         return FloatingPointError(
             f"JointVAE training stopped: {what} at {self._where}; {self._cells_phrase()}. "
             f"Non-finite, from where it starts: {'; '.join(parts) or 'the total only (terms were finite recomputed)'}. "
-            "Check those cells' counts, or lower the learning rate (plan_kwargs={'lr': 1e-4}). The weights are those "
-            "before this minibatch; the model is not marked trained."
+            "Check those cells' counts, or lower the learning rate (plan_kwargs={'lr': 1e-4}). The weights and running "
+            "statistics are those before this minibatch; the model is not marked trained."
         )
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        """Raise before non-finite gradients reach the weights."""
+        """Raise before a non-finite loss or gradient reaches the weights."""
         named = [(name, p.grad) for name, p in pl_module.module.named_parameters() if p.grad is not None]
-        # one pass over the gradients (a norm is NaN/inf iff an entry is); names are looked up only on failure
-        if not named or bool(torch.isfinite(torch.stack(torch._foreach_norm([g for _, g in named]))).all()):
+        loss, self._loss = self._loss, None
+        # one pass over the gradients (a norm is NaN/inf iff an entry is) and the loss, read in one copy; names are
+        # looked up only on failure
+        checked = list(torch._foreach_norm([g for _, g in named])) if named else []
+        checked += [] if loss is None else [loss.float().reshape(())]
+        if not checked or bool(torch.isfinite(torch.stack(checked)).all()):
             return
+        if loss is not None and not torch.isfinite(loss).all():
+            raise self.error(f"the loss is {loss.item()}")
         bad = [name for name, grad in named if not torch.isfinite(grad).all()]
         if bad:
             raise FloatingPointError(
@@ -276,12 +300,16 @@ def training_guard(checkpoint_dir: str | os.PathLike | None, callbacks: Sequence
 
     - Lightning answers Ctrl-C with ``sys.exit(1)`` and leaves SIGINT ignored (a dead Ctrl-C in a notebook): raise
       KeyboardInterrupt instead, and restore the handler. The model keeps the weights it had when interrupted.
-    - torch.distributions rejects NaN parameters with a ValueError before any loss exists: raise the
-      :class:`FiniteLossCheck` error naming the modality and the minibatch instead.
+    - torch.distributions' argument checks are off while training: each is a device-to-host copy (a GPU sync, 14 per
+      step), and NaN parameters reach the loss, where :class:`FiniteLossCheck` stops training before the update and
+      names where the NaN starts. Should a check still reject NaN (a user's own setting), its ValueError is turned
+      into that error too.
     """
     on_main_thread = threading.current_thread() is threading.main_thread()
     handler = signal.getsignal(signal.SIGINT) if on_main_thread else None
     check = next((c for c in callbacks if isinstance(c, FiniteLossCheck)), None)
+    validate = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
     try:
         yield
     except SystemExit as error:
@@ -299,5 +327,6 @@ def training_guard(checkpoint_dir: str | os.PathLike | None, callbacks: Sequence
             raise
         raise check.error("a distribution got NaN or infinite parameters") from error
     finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
         if on_main_thread and handler is not None:
             signal.signal(signal.SIGINT, handler)

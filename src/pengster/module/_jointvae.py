@@ -450,8 +450,7 @@ class JointVAEModule(BaseModuleClass):
                 weighted = weight * nll
                 per_cell = per_cell.index_add(0, cell, weighted)
                 # the joint term (weight 1): exact, or its importance-weighted estimate when the terms are sampled
-                is_joint = posterior == 0
-                joint_nll = joint_nll.index_add(0, cell[is_joint], weighted[is_joint])
+                joint_nll = joint_nll.index_add(0, cell, torch.where(posterior == 0, weighted, 0.0))
             reconstruction[modality] = joint_nll
 
         bridge_kl = qz.loc.new_zeros(n_cells)

@@ -84,7 +84,10 @@ class CellFactorPredictor(nn.Module):
         """Fold a minibatch of cells with encoded ``cell_factor`` ``(n_cells, 1)`` into the running moments."""
         features = self._raw(log_library, present)
         target = torch.logit(cell_factor.double().clamp(1e-4, 1 - 1e-4)).view(-1)
-        rate = 1.0 if self.n_updates.item() == 0 else self.decay
+        # the first minibatch replaces the zero moments; a tensor rate, not a Python branch (no GPU sync)
+        rate = torch.where(
+            self.n_updates == 0, torch.ones_like(self.n_updates), self.n_updates.new_full((), self.decay)
+        )
         self.moment_xx.lerp_(features.T @ features / features.shape[0], rate)
         self.moment_xy.lerp_(features.T @ target / features.shape[0], rate)
         self.n_updates += 1
