@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from scvi.train import SaveCheckpoint
 
 from pengster._constants import REGISTRY_KEYS
+from pengster.module._alignment import contrastive_loss
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ def diagnose(module, tensors: Mapping[str, torch.Tensor]) -> list[str]:
         qz = inference["qz"]
         if not (torch.isfinite(qz.loc).all() and torch.isfinite(qz.scale).all()):
             parts.append("the KL term (posterior)")
-        if not torch.isfinite(module._contrastive(inference["experts"], has)):
+        if not torch.isfinite(contrastive_loss(module, inference["experts"], has)):
             parts.append("the contrastive term")
     except Exception as error:  # noqa: BLE001 - the diagnosis must never hide the original problem
         parts.append(f"(the diagnosis itself failed: {type(error).__name__}: {error})")

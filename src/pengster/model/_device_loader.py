@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from scipy import sparse
 
+from pengster.module._rows import attach_host
 from pengster.nn._sparse import SparseRows, attach
 
 from ._sampler import MosaicBatchSampler
@@ -334,8 +335,10 @@ class DeviceMinibatchLoader:
         global_rows = torch.from_numpy(batch_rows)
         global_rows = global_rows.pin_memory().to(self.device, non_blocking=True) if self.pin else global_rows
         out = {key: block.rows(local, rows) for key, block in blocks.items()}
+        host_rows = torch.from_numpy(batch_rows)
         for key, value in self._obs_device.items():
-            out[key] = value.index_select(0, global_rows)
+            # with its host copy, so that the module picks its rows without reading the device (module._rows)
+            out[key] = attach_host(value.index_select(0, global_rows), self.obs[key].index_select(0, host_rows))
         return out
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

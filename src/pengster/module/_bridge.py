@@ -43,7 +43,9 @@ def alignment_kl(joint: Normal, bridge: Normal, has_rna: torch.Tensor) -> torch.
     return kl_divergence(joint, target).sum(-1) * has_rna.float()
 
 
-def bridge_posterior(module, x_rna: torch.Tensor, has_rna: torch.Tensor, panel: torch.Tensor) -> Normal:
+def bridge_posterior(
+    module, x_rna: torch.Tensor, has_rna: torch.Tensor, panel: torch.Tensor, rows: torch.Tensor | None = None
+) -> Normal:
     """The bridge encoder's posterior (with the prior expert) from the shared genes; the prior for cells without RNA.
 
     ``module`` is a :class:`~pengster.module.JointVAEModule` with a bridge (``bridge_weight > 0``).
@@ -51,7 +53,7 @@ def bridge_posterior(module, x_rna: torch.Tensor, has_rna: torch.Tensor, panel: 
     n_cells = panel.shape[0]
     mean = x_rna.new_zeros(n_cells, module.n_latent, dtype=torch.float32)
     variance = torch.ones_like(mean)
-    rows = has_rna.nonzero().view(-1)
+    rows = has_rna.nonzero().view(-1) if rows is None else rows
     if rows.numel() > 0:
         mask = module.bridge_mask * module.feature_mask("rna", panel[rows])
         qz, _ = module.bridge_encoder(rna_encoder_input(x_rna[rows].float(), mask))

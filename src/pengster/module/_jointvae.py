@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -21,18 +20,18 @@ from pengster.nn import (
     ProjectionHead,
     ProteinDecoder,
     RNADecoder,
-    group_mmd,
     product_of_experts,
     reconstruction_nll,
-    symmetric_info_nce,
 )
 from pengster.nn._fused import _all_ones
 from pengster.nn._pair_nll import pair_nll
 from pengster.nn._precision import autocast_off
 
 from . import _pairs, _sparse_inputs
+from ._alignment import contrastive_loss, mixing_loss
 from ._bridge import alignment_kl, bridge_posterior, shared_genes
 from ._inputs import ENCODER_INPUTS, RNA_TARGET_SUM, clr
+from ._rows import MeasuredRows, flat_view
 
 _NORM = {"use_batch_norm": False, "use_layer_norm": True}
 # Layer norm, not batch norm: a mosaic minibatch may hold a single cell of a modality, and the statistics of
@@ -215,7 +214,7 @@ class JointVAEModule(BaseModuleClass):
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
         return {
             "x": {m: tensors[REGISTRY_KEYS.counts(m)] for m in self.modalities},
-            "has": {m: tensors[REGISTRY_KEYS.has(m)].view(-1) for m in self.modalities},
+            "has": {m: flat_view(tensors[REGISTRY_KEYS.has(m)]) for m in self.modalities},
             "batch_index": tensors[REGISTRY_KEYS.BATCH].long(),
             "cat_covs": _long_or_none(tensors.get(REGISTRY_KEYS.CAT_COVS)),
             "panel": tensors[REGISTRY_KEYS.PANEL].long(),
@@ -229,22 +228,25 @@ class JointVAEModule(BaseModuleClass):
             "panel": tensors[REGISTRY_KEYS.PANEL].long(),
             "library": inference_outputs["library"],
             "cell_factor": inference_outputs["cell_factor"],
-            "pairs": self.reconstruction_pairs(inference_outputs["has"]),
+            "pairs": self.reconstruction_pairs(inference_outputs["has"], inference_outputs.get("rows")),
         }
 
     def reconstruction_pairs(
-        self, has: Mapping[str, torch.Tensor]
+        self, has: Mapping[str, torch.Tensor], measured: MeasuredRows | None = None
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Modality -> ``(posterior, cell, weight)`` of the reconstruction terms of the interdependent ELBO.
 
         See ``pengster.module._pairs.pairs``: every term, or in training with ``cross_terms`` ``sampled`` or
-        ``single``, importance-weighted draws of them.
+        ``single``, importance-weighted draws of them. Chosen on the host (``measured``), copied to ``has``' device.
         """
+        measured = measured or MeasuredRows(has)
+        host = {m: measured.host[m].float() for m in self.modalities}
         bridge = self.bridge_weight > 0
-        weights = _pairs.posterior_weights(has, self.modalities, self.cross_weight, bridge)
+        weights = _pairs.posterior_weights(host, self.modalities, self.cross_weight, bridge)
         sampled = self.cross_terms != "all" and self.training
         keep_joint = self.cross_terms == "sampled"
-        return _pairs.pairs(has, self.modalities, weights, bridge=bridge, sampled=sampled, keep_joint=keep_joint)
+        terms = _pairs.pairs(host, self.modalities, weights, bridge=bridge, sampled=sampled, keep_joint=keep_joint)
+        return {m: tuple(measured.to_device(t) for t in term) for m, term in terms.items()}
 
     # ----------------------------------------------------------------------------------------- inference
     @auto_move_data
@@ -256,15 +258,17 @@ class JointVAEModule(BaseModuleClass):
         cat_covs: torch.Tensor | None,
         panel: torch.Tensor,
         sparse_counts: Mapping | None = None,
+        measured: MeasuredRows | None = None,
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Each modality's expert ``(mean, variance)`` of shape ``(n_cells, n_latent)``; rows without it are 0/1."""
         categoricals = self._encoder_categoricals(panel, batch_index, cat_covs)
+        measured = measured or MeasuredRows(has)
         n_cells = panel.shape[0]
         experts = {}
         for modality in self.modalities:
             mean = x[modality].new_zeros(n_cells, self.n_latent)
             variance = x[modality].new_ones(n_cells, self.n_latent)
-            rows = has[modality].nonzero().view(-1)
+            rows = measured.of(modality)
             if rows.numel() > 0 and self._sparse(modality, panel.device):
                 qz, _ = _sparse_inputs.encode(self, modality, x, sparse_counts, panel, rows, categoricals)
             elif rows.numel() > 0:
@@ -294,10 +298,11 @@ class JointVAEModule(BaseModuleClass):
     def inference(self, x, has, batch_index, cat_covs, panel) -> dict:
         """Encode, fuse, and sample one ``z`` per posterior: the joint one, then each modality's own."""
         sparse_counts = _sparse_inputs.sparse_counts(self, x)
-        experts = self.experts(x, has, batch_index, cat_covs, panel, sparse_counts)
+        measured = MeasuredRows(has)
+        experts = self.experts(x, has, batch_index, cat_covs, panel, sparse_counts, measured)
         posteriors = [self.fuse(experts, has)] + [self.fuse(experts, has, [m]) for m in self.modalities]
         if self.bridge_weight > 0:
-            posteriors.append(bridge_posterior(self, x["rna"], has["rna"], panel))
+            posteriors.append(bridge_posterior(self, x["rna"], has["rna"], panel, measured.of("rna")))
         qz = Normal(torch.stack([q.loc for q in posteriors]), torch.stack([q.scale for q in posteriors]))
         library = self.libraries(x, panel, sparse_counts)
         return {
@@ -306,8 +311,9 @@ class JointVAEModule(BaseModuleClass):
             "experts": experts,
             "has": has,
             "library": library,
-            "cell_factor": self._cell_factor(x, has, panel, batch_index, cat_covs, sparse_counts),
+            "cell_factor": self._cell_factor(x, panel, batch_index, cat_covs, sparse_counts, measured),
             "sparse_counts": sparse_counts,
+            "rows": measured,
         }
 
     def libraries(self, x: Mapping[str, torch.Tensor], panel: torch.Tensor, sparse_counts=None) -> dict:
@@ -345,19 +351,20 @@ class JointVAEModule(BaseModuleClass):
             return
         has = inference_outputs["has"]
         log_library, present = self._depth_inputs(inference_outputs["library"], has, self.depth_sources)
-        rows = ((has["atac"] > 0) & (present.sum(-1) > 0)).nonzero().view(-1)
+        # cells with ATAC and at least one depth source
+        rows = (inference_outputs.get("rows") or MeasuredRows(has)).of("atac", any_of=self.depth_sources)
         if rows.numel() > 0:
             self.cell_factor_predictor.update(log_library[rows], present[rows], inference_outputs["cell_factor"][rows])
 
     def _sparse(self, modality: str, device: torch.device) -> bool:
         return _sparse_inputs.enabled(self, device) and modality in _sparse_inputs.SPARSE_INPUT_MODALITIES
 
-    def _cell_factor(self, x, has, panel, batch_index, cat_covs, sparse_counts=None) -> torch.Tensor | None:
+    def _cell_factor(self, x, panel, batch_index, cat_covs, sparse_counts, measured) -> torch.Tensor | None:
         if "atac" not in self.modalities:
             return None
         n_cells = panel.shape[0]
         factor = self.atac_cell_factor_mean.expand(n_cells, 1).clone()
-        rows = has["atac"].nonzero().view(-1)
+        rows = measured.of("atac")
         if rows.numel() > 0:
             categoricals = self._encoder_categoricals(panel, batch_index, cat_covs)
             if self._sparse("atac", panel.device):
@@ -458,10 +465,10 @@ class JointVAEModule(BaseModuleClass):
             bridge_kl = alignment_kl(Normal(qz.loc[0], qz.scale[0]), Normal(qz.loc[-1], qz.scale[-1]), has["rna"])
             per_cell = per_cell + self.bridge_weight * kl_weight * bridge_kl
 
-        contrastive = self._contrastive(inference_outputs["experts"], has)
+        contrastive = contrastive_loss(self, inference_outputs["experts"], has, inference_outputs.get("rows"))
         # a closed-form regression on observed depths and the encoded factors: no term of the loss
         self._fit_cell_factor_predictor(inference_outputs)
-        mixing = self._mixing(qz.loc[0], panel)
+        mixing = mixing_loss(self, qz.loc[0], panel)
         loss = per_cell.mean() + self.contrastive_weight * contrastive + self.mixing_weight * mixing
         return LossOutput(
             loss=loss,
@@ -474,25 +481,6 @@ class JointVAEModule(BaseModuleClass):
                 "inverse_temperature": self.logit_scale().detach(),
             },
         )
-
-    def _mixing(self, joint_mean: torch.Tensor, panel: torch.Tensor) -> torch.Tensor:
-        if self.mixing_weight == 0 or self.n_panels < 2:
-            return joint_mean.new_zeros(())
-        return group_mmd(joint_mean, panel)
-
-    def _contrastive(self, experts, has) -> torch.Tensor:
-        total = next(iter(experts.values()))[0].new_zeros(())
-        if self.contrastive_weight == 0:
-            return total
-        scale = self.logit_scale()
-        for left, right in itertools.combinations(self.modalities, 2):
-            rows = (has[left] * has[right]).nonzero().view(-1)
-            if rows.numel() < 2:
-                continue
-            embed_left = self.projection_heads[left](experts[left][0][rows]).float()
-            embed_right = self.projection_heads[right](experts[right][0][rows]).float()
-            total = total + symmetric_info_nce(embed_left, embed_right, scale)
-        return total
 
 
 __all__ = ["JointVAEModule"]
