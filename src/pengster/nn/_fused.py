@@ -10,6 +10,8 @@ factors, the target rows and the mask table, which ``torch.compile`` turns into 
 from __future__ import annotations
 
 import torch
+from scvi.distributions import NegativeBinomialMixture
+from scvi.distributions._negative_binomial import log_mixture_nb
 from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property
 
@@ -128,7 +130,12 @@ def reconstruction_nll(
     if isinstance(px, FactorBernoulli):
         return px.nll(counts, mask)
     target = (counts > 0).float() if binarize else counts.float()
-    log_likelihood = px.log_prob(target)
+    if isinstance(px, NegativeBinomialMixture) and not px.on_mps:
+        # its log_prob checks the counts' support (nonnegative integers) on every call, a read of the device; the
+        # counts were checked at setup_mudata
+        log_likelihood = log_mixture_nb(target, px.mu1, px.mu2, px.theta1, px.theta2, px.mixture_logits, eps=1e-8)
+    else:
+        log_likelihood = px.log_prob(target)
     if mask is not None:
         log_likelihood = log_likelihood * mask
     return -log_likelihood.sum(-1)
