@@ -99,6 +99,7 @@ class FiniteLossCheck(Callback):
         self.batch_categories = [str(category) for category in batch_categories]
         self._batch: Mapping[str, torch.Tensor] | None = None
         self._where = ""
+        self._stage = ""
         self._module = None
         self._loss: torch.Tensor | None = None
         # the module's buffers (batch-norm statistics, running factors) before the training minibatch
@@ -106,7 +107,7 @@ class FiniteLossCheck(Callback):
         self._saved: list[torch.Tensor] = []
 
     def _remember(self, trainer, pl_module, batch, batch_idx, stage: str) -> None:
-        self._batch, self._module = batch, pl_module.module
+        self._batch, self._module, self._stage = batch, pl_module.module, stage
         self._where = f"epoch {trainer.current_epoch}, step {trainer.global_step} ({stage} minibatch {batch_idx})"
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -134,7 +135,7 @@ class FiniteLossCheck(Callback):
         After a training minibatch the module's buffers are first put back as they were before it (its forward pass
         has already folded the non-finite values into the batch-norm statistics).
         """
-        if "training" in self._where and self._buffers:
+        if self._stage == "training" and self._buffers:
             with torch.no_grad():
                 torch._foreach_copy_(self._buffers, self._saved)
         parts = diagnose(self._module, self._batch) if self._batch is not None else []
