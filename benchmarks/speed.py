@@ -7,6 +7,7 @@ samples every 50 ms over those epochs.
 
     python benchmarks/speed.py --preset cpu      # 2 cores, one torch thread: 5k cells, 20k peaks
     python benchmarks/speed.py --preset gpu      # one GPU: 100k peaks, 10k/100k cells, 1M cells for pengster
+    python benchmarks/speed.py --preset gpu-precision --only fast,fast-bf16 --trace traces   # where a step's time goes
 
 Results are appended to ``benchmarks/results/speed.json`` (a list of records) and rendered as ``speed.md``.
 """
@@ -126,6 +127,16 @@ def _data(spec: dict):
     return speed_data.multiome(spec["n_cells"], spec["n_peaks"], seed=spec["seed"])
 
 
+def _trace_callbacks(spec: dict) -> list:
+    if not spec.get("trace"):
+        return []
+    sys.path.insert(0, str(HERE))
+    from _trace import StepTrace
+
+    name = f"{spec['method']}-{spec.get('variant', 'default')}-{spec['n_cells']}-{spec['n_peaks']}-{spec['batch_size']}"
+    return [StepTrace(spec["trace"], name)]
+
+
 def run_one(spec: dict) -> dict:
     """Train one method on one dataset; return its record."""
     import torch
@@ -144,7 +155,7 @@ def run_one(spec: dict) -> dict:
         "check_val_every_n_epoch": 10**6,
         "early_stopping": False,
         "enable_progress_bar": False,
-        "callbacks": [timer],
+        "callbacks": [timer] + _trace_callbacks(spec),
         "accelerator": "gpu" if torch.cuda.is_available() else "cpu",
         "devices": 1,
     }
@@ -347,6 +358,9 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--out", default=str(RESULTS / "speed.json"))
     parser.add_argument("--h5mu-dir", default="/tmp")
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument(
+        "--trace", default=None, help="profile 11 steps of each run into this folder (_trace.py); keeps no record"
+    )
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
@@ -358,6 +372,8 @@ def main(argv: list[str] | None = None):
         torch.cuda.get_device_name(0).split()[1] if torch.cuda.is_available() else f"cpu-{os.cpu_count()}core"
     )
     specs = plan(args.preset, hardware, args.threads, args.epochs, args.h5mu_dir)
+    for spec in specs:
+        spec["trace"] = args.trace
     if args.only:
         keep = set(args.only.split(","))
         specs = [s for s in specs if s["method"] in keep or s.get("variant") in keep]
@@ -366,7 +382,7 @@ def main(argv: list[str] | None = None):
     records = json.loads(out.read_text()) if out.exists() else []
     for spec in specs:
         record = _run_subprocess(spec, args.timeout)
-        if record is None:
+        if record is None or args.trace:  # a profiled epoch is slower: its record is printed, not kept
             continue
         records = [r for r in records if _key(r) != _key(record)] + [record]
         out.write_text(json.dumps(records, indent=1) + "\n")

@@ -256,3 +256,20 @@ def test_training_step_reads_the_device_only_where_it_must(monkeypatch):
         ("aten::_local_scalar_dense", "pengster/model/_callbacks.py:on_before_optimizer_step")
     ], reads.ops
     assert {where for _, where in reads.ops} >= set(scvi)  # (the filter above names real places)
+
+
+def test_speed_trace_writes_the_profile_of_the_chosen_steps(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from _trace import StepTrace
+
+    import pengster
+
+    mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 80}, n_genes=20, n_peaks=30, seed=0)
+    pengster.model.JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac"}, batch_key="batch")
+    model = pengster.model.JointVAE(mdata, n_hidden=8, n_latent=2)
+    trace = StepTrace(tmp_path, "run", first=1, last=2)
+    model.train(max_epochs=2, batch_size=16, accelerator="cpu", enable_progress_bar=False, callbacks=[trace])
+    summary = (tmp_path / "run.txt").read_text()
+    assert summary.startswith("2 training steps (batches 1-2 of epoch 1)")
+    assert "aten::addmm" in summary  # the decoders' products are among the operators
+    assert (tmp_path / "run.trace.json").stat().st_size > 0
