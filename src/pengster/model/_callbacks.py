@@ -297,19 +297,17 @@ def training_callbacks(model, checkpoint_dir: str | os.PathLike | None, callback
 
 
 @contextlib.contextmanager
-def training_guard(checkpoint_dir: str | os.PathLike | None, callbacks: Sequence) -> Iterator[None]:
+def training_guard(checkpoint_dir: str | os.PathLike | None) -> Iterator[None]:
     """Turn what escapes from Lightning into errors that say what happened.
 
     - Lightning answers Ctrl-C with ``sys.exit(1)`` and leaves SIGINT ignored (a dead Ctrl-C in a notebook): raise
       KeyboardInterrupt instead, and restore the handler. The model keeps the weights it had when interrupted.
     - torch.distributions' argument checks are off while training: each is a device-to-host copy (a GPU sync, 14 per
       step), and NaN parameters reach the loss, where :class:`FiniteLossCheck` stops training before the update and
-      names where the NaN starts. Should a check still reject NaN (a user's own setting), its ValueError is turned
-      into that error too.
+      names where the NaN starts.
     """
     on_main_thread = threading.current_thread() is threading.main_thread()
     handler = signal.getsignal(signal.SIGINT) if on_main_thread else None
-    check = next((c for c in callbacks if isinstance(c, FiniteLossCheck)), None)
     validate = torch.distributions.Distribution._validate_args
     torch.distributions.Distribution.set_default_validate_args(False)
     try:
@@ -324,10 +322,6 @@ def training_guard(checkpoint_dir: str | os.PathLike | None, callbacks: Sequence
             else "pass checkpoint_dir=... to model.train to be able to resume"
         )
         raise KeyboardInterrupt(f"JointVAE training interrupted; the model is not marked trained; {where}.") from None
-    except ValueError as error:
-        if check is None or check._batch is None or "found invalid values" not in str(error):
-            raise
-        raise check.error("a distribution got NaN or infinite parameters") from error
     finally:
         torch.distributions.Distribution.set_default_validate_args(validate)
         if on_main_thread and handler is not None:

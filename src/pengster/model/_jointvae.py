@@ -322,7 +322,7 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         kwargs["callbacks"] = _callbacks.training_callbacks(self, checkpoint_dir, kwargs.get("callbacks"))
         with (
             _speed.fast_context(fast, accelerator=kwargs.get("accelerator", "auto"), module=self.module),
-            _callbacks.training_guard(checkpoint_dir, kwargs["callbacks"]),
+            _callbacks.training_guard(checkpoint_dir),
         ):
             return super().train(
                 max_epochs=max_epochs,
