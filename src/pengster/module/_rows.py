@@ -12,30 +12,27 @@ from collections.abc import Mapping
 
 import torch
 
+from pengster.nn._carried import carried, carry
+
 _HOST = "_pengster_host"
 
 
 def attach_host(value: torch.Tensor, host: torch.Tensor) -> torch.Tensor:
-    """Let ``value`` (on a device) carry ``host``, its copy on the host; ``value`` changed in place no longer does."""
-    setattr(value, _HOST, (host, value._version))
-    return value
+    """Let ``value`` (on a device) carry ``host``, its copy on the host (see ``nn._carried``)."""
+    return carry(value, _HOST, host)
 
 
 def host_copy(value: torch.Tensor) -> torch.Tensor:
     """``value`` on the host: its attached copy (:func:`attach_host`) when it has an unchanged one, else read."""
-    attached = getattr(value, _HOST, None)
-    if attached is not None and attached[1] == value._version:
-        return attached[0]
-    return value.detach().cpu()
+    host = carried(value, _HOST)
+    return value.detach().cpu() if host is None else host
 
 
 def flat_view(value: torch.Tensor) -> torch.Tensor:
     """``value.view(-1)``, carrying ``value``'s attached host copy along."""
     flat = value.view(-1)
-    attached = getattr(value, _HOST, None)
-    if attached is not None and attached[1] == value._version:
-        attach_host(flat, attached[0].reshape(-1))
-    return flat
+    host = carried(value, _HOST)
+    return flat if host is None else attach_host(flat, host.reshape(-1))
 
 
 class MeasuredRows:

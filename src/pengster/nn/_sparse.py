@@ -19,6 +19,8 @@ from scvi.nn import FCLayers
 from torch import nn
 from torch.distributions import Normal
 
+from ._carried import carried, carry
+
 
 @dataclass(frozen=True)
 class SparseRows:
@@ -57,9 +59,8 @@ class SparseRows:
     @classmethod
     def of(cls, dense: torch.Tensor) -> SparseRows:
         """The nonzero entries of ``dense``: those a loader attached to it (:func:`attach`), else :meth:`from_dense`."""
-        attached, version = getattr(dense, _ATTACHED, (None, None))
-        # not if ``dense`` was changed in place since (its version counter moved)
-        if attached is not None and version == dense._version and (attached.n_rows, attached.n_cols) == dense.shape:
+        attached = carried(dense, _ATTACHED)
+        if attached is not None and (attached.n_rows, attached.n_cols) == dense.shape:
             return attached
         return cls.from_dense(dense)
 
@@ -141,8 +142,7 @@ def attach(dense: torch.Tensor, rows: SparseRows) -> torch.Tensor:
     module's sparse path reads them instead of searching the dense array for its nonzeros again. A tensor derived
     from ``dense`` (a copy, a slice) does not carry them, and ``dense`` changed in place no longer does.
     """
-    setattr(dense, _ATTACHED, (rows, dense._version))
-    return dense
+    return carry(dense, _ATTACHED, rows)
 
 
 def sparse_rows_matmul(sparse_x: SparseRows, weight_t: torch.Tensor) -> torch.Tensor:
