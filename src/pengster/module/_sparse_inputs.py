@@ -77,9 +77,10 @@ def sparse_counts(module, x: Mapping[str, torch.Tensor]) -> dict[str, SparseRows
 
 
 def _rows_input(module, modality, x, sparse, panel, rows) -> SparseRows:
-    # built once per minibatch: the ATAC encoder and the cell-factor encoder read the same input
+    # built once per minibatch: the ATAC encoder and the cell-factor encoder read the same input, and get the same
+    # rows (one memoised index array, module._rows.MeasuredRows): no comparison of their values, a device read
     cached = (sparse or {}).get(f"{modality} input")
-    if cached is not None and torch.equal(cached[0], rows):
+    if cached is not None and cached[0] is rows:
         return cached[1]
     counts = (sparse or {}).get(modality)
     counts = SparseRows.of(x[modality].float()) if counts is None else counts
