@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from scipy import sparse
 
 import pengster
+from pengster._constants import REGISTRY_KEYS
 from pengster.data import synthetic_mosaic
 from pengster.model import JointVAE
 from pengster.model._callbacks import LAST_CHECKPOINT, LAST_MODEL, FiniteLossCheck
@@ -218,15 +219,63 @@ def test_nan_loss_stops_training_naming_the_modality_and_the_batch():
     assert all(torch.isfinite(b).all() for b in model.module.buffers() if b.is_floating_point())
 
 
+class _PoisonAt(Callback):
+    """Write NaN into the protein counts of one training minibatch; keep the weights and buffers before each step."""
+
+    def __init__(self, epoch: int, batch_idx: int):
+        self.at, self.started, self.before, self.validated = (epoch, batch_idx), [], {}, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        step = (trainer.current_epoch, batch_idx)
+        self.started.append(step)
+        module = pl_module.module
+        self.before[step] = [t.detach().clone() for t in [*module.parameters(), *module.buffers()]]
+        if step == self.at:
+            batch[REGISTRY_KEYS.counts("protein")].fill_(np.nan)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.validated.append(trainer.current_epoch)
+
+
+@pytest.mark.parametrize(
+    ("fast", "train_size", "poisoned", "read_at"),
+    [
+        (True, 0.9, 1, "the next step"),  # the flag is read one step later: the next step has started
+        (True, 0.9, 3, "validation"),  # the last step of the epoch: read before the validation loss
+        (True, 1.0, 3, "the end of the epoch"),  # no validation
+        (False, 0.9, 1, "at once"),  # no fused optimizer to skip the update: read before it
+    ],
+)
+def test_non_finite_step_leaves_the_weights_as_before_it_whenever_it_is_read(fast, train_size, poisoned, read_at):
+    mdata = _mosaic()
+    scvi.settings.seed = 0
+    model = JointVAE(mdata, **MODEL_KWARGS)
+    poison = _PoisonAt(1, poisoned)
+    where = rf"the loss is nan at epoch 1, step \d+ \(training minibatch {poisoned}\)"
+    with pytest.raises(FloatingPointError, match=where):
+        model.train(
+            max_epochs=3, batch_size=32, train_size=train_size, fast=fast, enable_progress_bar=False, callbacks=[poison]
+        )
+    assert poison.started[-1] == ((1, poisoned + 1) if read_at == "the next step" else (1, poisoned))
+    assert 0 in poison.validated or train_size == 1.0
+    assert 1 not in poison.validated  # no validation loss computed with the step's statistics
+    # the optimizer did not apply the step (nor the one after it), and its forward pass's statistics are put back
+    module = model.module
+    after = [*module.parameters(), *module.buffers()]
+    assert all(torch.equal(a, b) for a, b in zip(after, poison.before[(1, poisoned)], strict=True))
+    assert not model.is_trained_
+
+
 def test_non_finite_gradients_are_named_by_module():
     check = FiniteLossCheck(["b0"])
-    check._batch = {"batch": torch.zeros(3, 1)}
+    check._batch, check._where = {"batch": torch.zeros(3, 1)}, "epoch 4, step 17 (training minibatch 2)"
     module = torch.nn.Module()
     module.decoders = torch.nn.ModuleDict({"protein": torch.nn.Linear(2, 2)})
     module.decoders["protein"].weight.grad = torch.full((2, 2), torch.nan)
     trainer = type("Trainer", (), {"current_epoch": 4, "global_step": 17})()
     pl_module = type("Plan", (), {"module": module})()
-    with pytest.raises(FloatingPointError, match=r"non-finite gradients at epoch 4, step 17 in the protein decoder"):
+    where = r"non-finite gradients at epoch 4, step 17 \(training minibatch 2\) in the protein decoder"
+    with pytest.raises(FloatingPointError, match=where):
         check.on_before_optimizer_step(trainer, pl_module, None)
 
 

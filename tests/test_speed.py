@@ -194,6 +194,7 @@ def test_training_step_reads_the_device_only_where_it_must(monkeypatch):
     from torch.utils._python_dispatch import TorchDispatchMode
 
     import pengster
+    from pengster.model import _callbacks
     from pengster.module import _rows
 
     host_side = ("module/_rows.py", "module/_pairs.py")  # run on host copies of the minibatch's masks
@@ -220,6 +221,19 @@ def test_training_step_reads_the_device_only_where_it_must(monkeypatch):
     read_back = []
     original = _rows.host_copy
     counting = []
+    flags = {"made": [], "read": []}  # the finiteness flags made and read on the host, by step
+    made, read = _callbacks._HostFlag.__init__, _callbacks._HostFlag.__bool__
+
+    def make_flag(self, flag):
+        flags["made"].append((len(counting), self))
+        made(self, flag)
+
+    def read_flag(self):
+        flags["read"].append((len(counting), self))
+        return read(self)
+
+    monkeypatch.setattr(_callbacks._HostFlag, "__init__", make_flag)
+    monkeypatch.setattr(_callbacks._HostFlag, "__bool__", read_flag)
 
     def host_copy(value):
         if counting:
@@ -248,13 +262,19 @@ def test_training_step_reads_the_device_only_where_it_must(monkeypatch):
     model.train(max_epochs=1, batch_size=48, accelerator="cpu", enable_progress_bar=False, callbacks=[Count()])
     # the masks of which cell measured what come with the minibatch (the device loader attaches their host copy)
     assert read_back == [False] * 3
-    # pengster's own: 1 finiteness check of loss and gradients; no row selection by modality, no argument check of
-    # torch.distributions (off while training) or of the protein counts' support, no boolean mask. scvi-tools': one_hot
-    # of the categories in each network (a read on CPU only: on CUDA one_hot relies on device asserts).
+    # pengster's own: 1 read of a finiteness flag of loss and gradients; no row selection by modality, no argument
+    # check of torch.distributions (off while training) or of the protein counts' support, no boolean mask.
+    # scvi-tools': one_hot of the categories in each network (a read on CPU only: on CUDA one_hot relies on device
+    # asserts).
     scvi = ["scvi/nn/_base_components.py:forward"]
     assert [op for op in reads.ops if op[1] not in scvi] == [
-        ("aten::_local_scalar_dense", "pengster/model/_callbacks.py:on_before_optimizer_step")
+        ("aten::_local_scalar_dense", "pengster/model/_callbacks.py:__bool__")
     ], reads.ops
+    # and the flag read in step 1 is step 0's: a GPU's queue never waits for the step it is running
+    made_in_step_1 = [flag for step, flag in flags["made"] if step == 1]
+    read_in_step_1 = [flag for step, flag in flags["read"] if step == 1]
+    assert len(made_in_step_1) == len(read_in_step_1) == 1 and read_in_step_1[0] is not made_in_step_1[0]
+    assert any(read_in_step_1[0] is flag for step, flag in flags["made"][:1] if step == 0)
     assert {where for _, where in reads.ops} >= set(scvi)  # (the filter above names real places)
 
 

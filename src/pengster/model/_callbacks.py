@@ -7,6 +7,7 @@ and a clean KeyboardInterrupt.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -81,13 +82,52 @@ class StepSeed(Callback):
         self.seed = int(state_dict["seed"])
 
 
+class _HostFlag:
+    """A device boolean on its way to the host: the copy is queued now and read later.
+
+    On a GPU the value is copied into pinned memory behind the work queued so far, and reading it waits for that
+    copy only, not for the work queued after it (``bool(tensor)`` would wait for the whole queue). Elsewhere the
+    tensor itself is read.
+    """
+
+    def __init__(self, flag: torch.Tensor):
+        self._event = None
+        self._value = flag
+        if flag.device.type == "cuda":
+            self._value = torch.empty(flag.shape, dtype=flag.dtype, pin_memory=True)
+            self._value.copy_(flag, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def __bool__(self) -> bool:
+        if self._event is not None:
+            self._event.synchronize()
+        return bool(self._value)
+
+
+@dataclasses.dataclass
+class _Step:
+    """A training step left to check: whether it is finite (on its way to the host), and what names its faults."""
+
+    bad: _HostFlag
+    checked: torch.Tensor  # the gradient norms, then the loss
+    names: list[str]  # the gradients' parameter names
+    has_loss: bool
+    batch: Mapping[str, torch.Tensor] | None
+    where: str
+    saved: list[torch.Tensor]  # the module's buffers before the step
+
+
 class FiniteLossCheck(Callback):
     """Stop training with :class:`FloatingPointError` when a loss or gradient is NaN or infinite.
 
-    The loss and the gradients are checked together before the optimizer step (one device-to-host copy a step, the
-    only GPU sync it adds), so the weights are never updated with a non-finite loss. The error names the
-    minibatch (epoch, step), the batch categories of its cells, and which part is non-finite: a modality's
-    encoder or reconstruction, the KL term, the contrastive term, or the model's parameters.
+    The loss and the gradients are checked together before the optimizer step, so the weights are never updated
+    with a non-finite loss. With a fused optimizer (``train(fast=True)``), nothing waits for the check: the
+    optimizer's kernel skips the update of a non-finite step on the device (its ``found_inf`` flag, as with a
+    gradient scaler), and the flag is read on the host at the next step, the next validation or the end of the epoch,
+    so a GPU's queue never drains for it. Otherwise the flag is read at once (one device-to-host copy a step). The
+    error names the minibatch (epoch, step), the batch categories of its cells, and which part is non-finite: a
+    modality's encoder or reconstruction, the KL term, the contrastive term, or the model's parameters.
 
     Parameters
     ----------
@@ -99,78 +139,103 @@ class FiniteLossCheck(Callback):
         self.batch_categories = [str(category) for category in batch_categories]
         self._batch: Mapping[str, torch.Tensor] | None = None
         self._where = ""
-        self._stage = ""
         self._module = None
         self._loss: torch.Tensor | None = None
-        # the module's buffers (batch-norm statistics, running factors) before the training minibatch
+        self._pending: _Step | None = None
+        # the module's buffers (batch-norm statistics, running factors) before a training minibatch: two copies, as
+        # the check of a step may be read after the next one has started
         self._buffers: list[torch.Tensor] = []
+        self._copies: list[list[torch.Tensor]] = [[], []]
         self._saved: list[torch.Tensor] = []
-
-    def _remember(self, trainer, pl_module, batch, batch_idx, stage: str) -> None:
-        self._batch, self._module, self._stage = batch, pl_module.module, stage
-        self._where = f"epoch {trainer.current_epoch}, step {trainer.global_step} ({stage} minibatch {batch_idx})"
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         """Remember the minibatch and the module's buffers, to diagnose the minibatch if its loss is not finite."""
-        self._remember(trainer, pl_module, batch, batch_idx, "training")
+        self._batch, self._module = batch, pl_module.module
+        self._where = f"epoch {trainer.current_epoch}, step {trainer.global_step} (training minibatch {batch_idx})"
         buffers = list(pl_module.module.buffers())
-        same = [(b.shape, b.dtype, b.device) for b in buffers] == [(b.shape, b.dtype, b.device) for b in self._saved]
-        if same and buffers:
-            torch._foreach_copy_(self._saved, buffers)  # one copy, no GPU sync
+        held = self._pending.saved if self._pending is not None else None
+        index = 1 if self._copies[0] is held else 0
+        saved = self._copies[index]
+        if [(b.shape, b.dtype, b.device) for b in buffers] == [(b.shape, b.dtype, b.device) for b in saved] and buffers:
+            torch._foreach_copy_(saved, buffers)  # one copy, no GPU sync
         else:
-            self._saved = [b.detach().clone() for b in buffers]
-        self._buffers = buffers
-
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx: int = 0) -> None:
-        """Remember the minibatch, to diagnose it if its loss is not finite."""
-        self._remember(trainer, pl_module, batch, batch_idx, "validation")
+            saved = self._copies[index] = [b.detach().clone() for b in buffers]
+        self._buffers, self._saved = buffers, saved
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
         """Keep the loss, to check it with the gradients before the optimizer step."""
         self._loss = loss.detach()
 
-    def error(self, what: str) -> FloatingPointError:
-        """The error for the remembered minibatch: where, which cells, and which terms are not finite.
-
-        After a training minibatch the module's buffers are first put back as they were before it (its forward pass
-        has already folded the non-finite values into the batch-norm statistics).
-        """
-        if self._stage == "training" and self._buffers:
-            with torch.no_grad():
-                torch._foreach_copy_(self._buffers, self._saved)
-        parts = diagnose(self._module, self._batch) if self._batch is not None else []
-        return FloatingPointError(
-            f"JointVAE training stopped: {what} at {self._where}; {self._cells_phrase()}. "
-            f"Non-finite, from where it starts: {'; '.join(parts) or 'the total only (terms were finite recomputed)'}. "
-            "Check those cells' counts, or lower the learning rate (plan_kwargs={'lr': 1e-4}). The weights and running "
-            "statistics are those before this minibatch; the model is not marked trained."
-        )
-
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        """Raise before a non-finite loss or gradient reaches the weights."""
+        """Keep a non-finite loss or gradient from the weights; raise for it now, or at the next step."""
         named = [(name, p.grad) for name, p in pl_module.module.named_parameters() if p.grad is not None]
         loss, self._loss = self._loss, None
-        # one pass over the gradients (a norm is NaN/inf iff an entry is) and the loss, read in one copy; names are
-        # looked up only on failure
+        # one pass over the gradients (a norm is NaN/inf iff an entry is, or overflows) and the loss
         checked = list(torch._foreach_norm([g for _, g in named])) if named else []
         checked += [] if loss is None else [loss.float().reshape(())]
-        if not checked or bool(torch.isfinite(torch.stack(checked)).all()):
+        if not checked:
             return
-        if loss is not None and not torch.isfinite(loss).all():
-            raise self.error(f"the loss is {loss.item()}")
-        bad = [name for name, grad in named if not torch.isfinite(grad).all()]
-        if bad:
-            raise FloatingPointError(
-                f"JointVAE training stopped: non-finite gradients at epoch {trainer.current_epoch}, step "
-                f"{trainer.global_step} in {_modules_phrase(bad)} ({len(bad)} tensors, e.g. {bad[:3]}); "
-                f"{self._cells_phrase()}. Lower the learning rate (plan_kwargs={{'lr': 1e-4}}) or check the counts "
-                "of that modality."
-            )
+        checked = torch.stack(checked)
+        bad = ~torch.isfinite(checked).all()
+        step = _Step(
+            _HostFlag(bad), checked, [n for n, _ in named], loss is not None, self._batch, self._where, self._saved
+        )
+        fused = isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) and optimizer.defaults.get("fused")
+        if not fused:
+            self._settle(step)
+            return
+        optimizer.found_inf = bad.float()  # the fused kernel leaves weights, moments and step count as they are
+        previous, self._pending = self._pending, step
+        if previous is not None:
+            self._settle(previous)
 
-    def _cells_phrase(self) -> str:
-        if self._batch is None:
+    def on_validation_start(self, trainer, pl_module) -> None:
+        """Check the last training step before the validation loss is computed."""
+        self._settle_pending()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        """Check the last training step of the epoch (before checkpoints and learning-rate schedules)."""
+        self._settle_pending()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """Check the last training step."""
+        self._settle_pending()
+
+    def _settle_pending(self) -> None:
+        step, self._pending = self._pending, None
+        if step is not None:
+            self._settle(step)
+
+    def _settle(self, step: _Step) -> None:
+        """Raise if the step was not finite, after putting back the buffers its forward pass had changed."""
+        if not step.bad:
+            return
+        self._pending = None
+        if self._buffers and step.saved:
+            with torch.no_grad():
+                torch._foreach_copy_(self._buffers, step.saved)
+        values = step.checked.cpu()
+        if step.has_loss and not torch.isfinite(values[-1]):
+            parts = diagnose(self._module, step.batch) if step.batch is not None else []
+            raise FloatingPointError(
+                f"JointVAE training stopped: the loss is {values[-1].item()} at {step.where}; "
+                f"{self._cells_phrase(step.batch)}. Non-finite, from where it starts: "
+                f"{'; '.join(parts) or 'the total only (terms were finite recomputed)'}. Check those cells' counts, "
+                "or lower the learning rate (plan_kwargs={'lr': 1e-4}). The weights and running statistics are those "
+                "before this minibatch; the model is not marked trained."
+            )
+        bad = [name for name, norm in zip(step.names, values.tolist(), strict=False) if not np.isfinite(norm)]
+        raise FloatingPointError(
+            f"JointVAE training stopped: non-finite gradients at {step.where} in {_modules_phrase(bad)} "
+            f"({len(bad)} tensors, e.g. {bad[:3]}); {self._cells_phrase(step.batch)}. Lower the learning rate "
+            "(plan_kwargs={'lr': 1e-4}) or check the counts of that modality. The weights and running statistics are "
+            "those before this minibatch."
+        )
+
+    def _cells_phrase(self, batch: Mapping[str, torch.Tensor] | None) -> str:
+        if batch is None:
             return "no minibatch recorded"
-        codes = self._batch[REGISTRY_KEYS.BATCH].view(-1).long().cpu().numpy()
+        codes = batch[REGISTRY_KEYS.BATCH].view(-1).long().cpu().numpy()
         values, counts = np.unique(codes, return_counts=True)
         names = [self.batch_categories[v] if v < len(self.batch_categories) else str(v) for v in values]
         return "its cells come from batch " + ", ".join(
