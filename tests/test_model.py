@@ -124,6 +124,16 @@ def test_training_reduces_loss_and_contrastive_switch(mosaic):
     assert model.module.contrastive_weight == 0.0
 
 
+def test_zinb_rna_and_poisson_atac_train_and_predict(mosaic):
+    model = trained(mosaic, max_epochs=10, rna_likelihood="zinb", atac_likelihood="poisson")
+    loss = model.history["train_loss"].iloc[:, 0].to_numpy(dtype=float)
+    assert np.isfinite(loss).all() and loss[-1] < loss[0]
+    rna, atac = model.predict(target="rna"), model.predict(target="atac")
+    assert np.isfinite(rna.to_numpy()).all() and (rna.to_numpy() >= 0).all()
+    assert np.isfinite(atac.to_numpy()).all() and (atac.to_numpy() >= 0).all()
+    assert rna.to_numpy().std() > 0 and atac.to_numpy().std() > 0
+
+
 def test_contrastive_loss_decreases_with_training(mosaic):
     model = trained(mosaic, max_epochs=25, contrastive_weight=5.0)
     contrastive = model.history["contrastive_train"].iloc[:, 0].to_numpy()

@@ -160,6 +160,30 @@ def test_factor_bernoulli_nll_matches_torch_bernoulli(with_mask):
     torch.testing.assert_close(px.probs, probs)
 
 
+@pytest.mark.parametrize("likelihood", ["nb", "zinb"])
+def test_rna_decoder_decodes_dropout_logits_only_for_zinb(likelihood):
+    from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
+
+    from pengster.nn._decoders import RNADecoder, masked_normalize
+
+    torch.manual_seed(0)
+    decoder = RNADecoder(4, 30, [3], n_hidden=8, likelihood=likelihood)
+    z, batch = torch.randn(5, 4), torch.tensor([[0], [1], [2], [0], [1]])
+    library, mask = torch.full((5, 1), 100.0), (torch.rand(5, 30) < 0.8).float()
+    calls = []
+    decoder.decoder.px_dropout_decoder.register_forward_hook(lambda *args: calls.append(True))
+    px, scale = decoder(z, library, mask, batch)
+    # the same values as scvi-tools' DecoderSCVI forward, which always decodes the dropout logits
+    expected_scale, _, _, expected_dropout = decoder.decoder("gene", z, torch.zeros(5, 1), batch)
+    torch.testing.assert_close(scale, masked_normalize(expected_scale, mask))
+    torch.testing.assert_close(px.mu, scale * library)
+    if likelihood == "zinb":
+        assert isinstance(px, ZeroInflatedNegativeBinomial) and len(calls) == 2
+        torch.testing.assert_close(px.zi_logits, expected_dropout)
+    else:  # the one call is DecoderSCVI's forward above
+        assert type(px) is NegativeBinomial and len(calls) == 1
+
+
 def test_auto_batch_size_and_lr_rule():
     assert auto_batch_size(1_000) == 256 and auto_batch_size(25_000) == 256
     assert auto_batch_size(100_000) == 1024 and auto_batch_size(1_000_000) == 2048

@@ -65,12 +65,15 @@ class RNADecoder(nn.Module):
         self, z: torch.Tensor, library: torch.Tensor, feature_mask: torch.Tensor, *categoricals: torch.Tensor
     ) -> tuple[Distribution, torch.Tensor]:
         """Return ``(px, scale)``: the count distribution and the expression proportions (rows sum to 1)."""
-        scale, _, _, dropout_logits = self.decoder("gene", z, torch.zeros_like(z[..., :1]), *categoricals)
+        # DecoderSCVI's layers, without its forward: that also decodes the dropout logits (a genes-wide product) for
+        # the negative binomial, which has none
+        hidden = self.decoder.px_decoder(z, *categoricals)
         # the likelihood in float32 (under bf16 autocast the layers' outputs are bf16)
-        scale, dropout_logits = masked_normalize(scale.float(), feature_mask), dropout_logits.float()
+        scale = masked_normalize(self.decoder.px_scale_decoder(hidden).float(), feature_mask)
         rate = scale * library
         theta = self.log_theta.exp()
         if self.likelihood == "zinb":
+            dropout_logits = self.decoder.px_dropout_decoder(hidden).float()
             return ZeroInflatedNegativeBinomial(mu=rate, theta=theta, zi_logits=dropout_logits, scale=scale), scale
         return NegativeBinomial(mu=rate, theta=theta, scale=scale), scale
 
