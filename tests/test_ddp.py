@@ -22,15 +22,23 @@ SCRIPT = textwrap.dedent(
 
     class Record(pl.Callback):
         def __init__(self):
-            self.panels = []
+            self.panels, self.losses = [], []
+
+        def on_train_epoch_start(self, trainer, module):
+            self.losses = []  # (loss, cells) of this epoch's steps
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             self.panels.append(len(batch["panel"]))
+            self.losses.append((float(outputs["loss"]), len(batch["panel"])))
 
         def on_train_end(self, trainer, module):
             rank = trainer.global_rank
+            logged = float(trainer.callback_metrics["train_loss"])
             with open(f"{out}/rank{rank}.json", "w") as handle:
-                json.dump({"world": trainer.world_size, "cells": self.panels}, handle)
+                json.dump(
+                    {"world": trainer.world_size, "cells": self.panels, "losses": self.losses, "logged": logged},
+                    handle,
+                )
 
     mdata = pengster.data.synthetic_mosaic(
         n_cells={"multiome": 120, "cite": 100}, n_genes=40, n_peaks=50, n_proteins=8, seed=1
@@ -59,3 +67,10 @@ def test_ddp_two_cpu_processes_split_every_epoch(tmp_path):
     assert len(ranks[0]["cells"]) == len(ranks[1]["cells"]) > 0
     per_epoch = (sum(ranks[0]["cells"]) + sum(ranks[1]["cells"])) / 2
     assert per_epoch >= 0.9 * 220 * 0.9
+    # the epoch's loss, on both ranks, is the mean over the cells of both ranks' minibatches
+    steps = ranks[0]["losses"] + ranks[1]["losses"]
+    expected = sum(loss * cells for loss, cells in steps) / sum(cells for _, cells in steps)
+    own = [sum(loss * cells for loss, cells in r["losses"]) / sum(cells for _, cells in r["losses"]) for r in ranks]
+    assert abs(own[0] - own[1]) > 1e-4 * abs(expected)  # (the ranks' own means differ)
+    for r in ranks:
+        assert abs(r["logged"] - expected) <= 1e-5 * abs(expected)
