@@ -1,4 +1,5 @@
-"""The training plan of :class:`~pengster.model.JointVAE`: scvi-tools' plan, with metrics that DDP can reduce."""
+"""The training plan of :class:`~pengster.model.JointVAE`: scvi-tools' plan, its metrics summed on the device and
+logged once an epoch (in a way DDP can reduce), and the fused Adam."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ class JointTrainingPlan(TrainingPlan):
 
     ``fused_optimizer=True`` (set by ``train(fast=True)``) builds Adam with ``fused=True``: the same update, one kernel
     per parameter instead of a dozen elementwise passes (about 5% of a CPU training step at 20k peaks).
+
+    With scvi-tools' default ``on_step=False, on_epoch=True`` the metrics are summed on the device each step
+    (:class:`EpochSums`) and logged at the end of the epoch, with the same values (see :meth:`training_step`).
     """
 
     def __init__(self, module, *, fused_optimizer: bool = False, **kwargs):
