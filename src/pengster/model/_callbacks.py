@@ -62,8 +62,16 @@ class StepSeed(Callback):
             loader.set_epoch(trainer.current_epoch)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        """Seed torch (all devices) for this step."""
-        torch.manual_seed(step_seed(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))
+        """Seed torch (the CPU and every initialised GPU; all devices elsewhere) for this step."""
+        seed = step_seed(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank)
+        if getattr(getattr(pl_module, "device", None), "type", None) not in ("cpu", "cuda"):
+            torch.manual_seed(seed)
+            return
+        # the generators torch.manual_seed seeds for a CPU or CUDA run, without its per-call cost (0.2 ms of host time
+        # a step: on a process without CUDA it formats a stack trace for CUDA's lazy initialisation every call)
+        torch.default_generator.manual_seed(seed)
+        if torch.cuda.is_initialized():
+            torch.cuda.manual_seed_all(seed)
 
     def state_dict(self) -> dict:
         """The seed, saved with a checkpoint."""

@@ -1,5 +1,7 @@
-"""The training plan of :class:`~pengster.model.JointVAE`: scvi-tools' plan, its metrics summed on the device and
-logged once an epoch (in a way DDP can reduce), and the fused Adam."""
+"""The training plan of :class:`~pengster.model.JointVAE`: scvi-tools' plan, with epoch metrics and fused Adam.
+
+The metrics are summed on the device and logged once an epoch, in a way DDP can reduce.
+"""
 
 from __future__ import annotations
 
