@@ -258,7 +258,9 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         (:meth:`load_query_data`) no weight decay. ``accelerator``, ``devices`` and ``strategy`` go to Lightning.
 
         Each training step is seeded from ``(scvi.settings.seed, epoch, minibatch)``; a NaN or infinite loss stops
-        training with a :class:`FloatingPointError` naming the modality and the minibatch. With ``checkpoint_dir``,
+        training with a :class:`FloatingPointError` naming the modality and the minibatch, and its update is never
+        applied (with ``fast``, the fused optimizer skips it on the device and the error comes at the next step, so
+        that no step waits for the check). The metrics in ``history`` are logged once an epoch. With ``checkpoint_dir``,
         every epoch writes ``<checkpoint_dir>/last.ckpt`` and ``<checkpoint_dir>/last_model/`` (loadable with
         :meth:`load`); an interrupted run resumes, to the same result on CPU, with
         ``model.train(..., checkpoint_dir=d, ckpt_path=f"{d}/last.ckpt")`` on a model built with the same arguments.
