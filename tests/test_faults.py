@@ -222,16 +222,24 @@ def test_nan_loss_stops_training_naming_the_modality_and_the_batch():
 class _PoisonAt(Callback):
     """Write NaN into the protein counts of one training minibatch; keep the weights and buffers before each step."""
 
-    def __init__(self, epoch: int, batch_idx: int):
+    def __init__(self, epoch: int, batch_idx: int, *, stop_after: bool = False):
         self.at, self.started, self.before, self.validated = (epoch, batch_idx), [], {}, []
+        self.stop_after, self.seen_at_batch_end = stop_after, None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         step = (trainer.current_epoch, batch_idx)
+        if self.stop_after and step == (self.at[0], self.at[1] + 1):
+            raise RuntimeError("stopped by the user's callback")
         self.started.append(step)
         module = pl_module.module
         self.before[step] = [t.detach().clone() for t in [*module.parameters(), *module.buffers()]]
         if step == self.at:
             batch[REGISTRY_KEYS.counts("protein")].fill_(np.nan)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == self.at:  # what a checkpoint written here would hold
+            module = pl_module.module
+            self.seen_at_batch_end = [t.detach().clone() for t in [*module.parameters(), *module.buffers()]]
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         self.validated.append(trainer.current_epoch)
@@ -263,12 +271,54 @@ def test_non_finite_step_leaves_the_weights_as_before_it_whenever_it_is_read(fas
     module = model.module
     after = [*module.parameters(), *module.buffers()]
     assert all(torch.equal(a, b) for a, b in zip(after, poison.before[(1, poisoned)], strict=True))
+    if fast:  # and before the flag is read, a checkpoint written at the end of the bad step holds that state too
+        seen = poison.seen_at_batch_end
+        assert all(torch.equal(a, b) for a, b in zip(seen, poison.before[(1, poisoned)], strict=True))
     assert not model.is_trained_
+
+
+def test_a_non_finite_step_is_still_put_back_and_reported_when_training_stops_otherwise():
+    mdata = _mosaic()
+    scvi.settings.seed = 0
+    model = JointVAE(mdata, **MODEL_KWARGS)
+    poison = _PoisonAt(1, 1, stop_after=True)  # an error in the next step, before the flag is read
+    with (
+        pytest.warns(RuntimeWarning, match=r"step at epoch 1, step \d+ \(training minibatch 1\) had a non-finite"),
+        pytest.raises(RuntimeError, match="stopped by the user's callback"),
+    ):
+        model.train(max_epochs=3, batch_size=32, enable_progress_bar=False, callbacks=[poison])
+    after = [*model.module.parameters(), *model.module.buffers()]
+    assert all(torch.equal(a, b) for a, b in zip(after, poison.before[(1, 1)], strict=True))
+
+
+def test_with_gradient_accumulation_the_error_names_the_bad_minibatch_and_restores_the_window():
+    mdata = _mosaic()
+    scvi.settings.seed = 0
+    model = JointVAE(mdata, **MODEL_KWARGS)
+    poison = _PoisonAt(1, 0)  # the first of the two minibatches of an optimizer step
+    with pytest.raises(FloatingPointError, match=r"the loss is nan at epoch 1, step \d+ \(training minibatch 0\)"):
+        model.train(
+            max_epochs=3, batch_size=32, accumulate_grad_batches=2, enable_progress_bar=False, callbacks=[poison]
+        )
+    after = [*model.module.parameters(), *model.module.buffers()]
+    assert all(torch.equal(a, b) for a, b in zip(after, poison.before[(1, 0)], strict=True))
+
+
+def test_large_finite_gradients_do_not_stop_training():
+    class Large(Callback):
+        def on_after_backward(self, trainer, pl_module):
+            if trainer.global_step == 3:  # finite, but its L2 norm overflows float32
+                next(pl_module.module.parameters()).grad.fill_(1e20)
+
+    mdata = _mosaic()
+    model = JointVAE(mdata, **MODEL_KWARGS)
+    model.train(max_epochs=2, batch_size=32, enable_progress_bar=False, callbacks=[Large()])
+    assert model.is_trained_
 
 
 def test_non_finite_gradients_are_named_by_module():
     check = FiniteLossCheck(["b0"])
-    check._batch, check._where = {"batch": torch.zeros(3, 1)}, "epoch 4, step 17 (training minibatch 2)"
+    check._minibatches, check._start = [({"batch": torch.zeros(3, 1)}, 2)], (4, 17)
     module = torch.nn.Module()
     module.decoders = torch.nn.ModuleDict({"protein": torch.nn.Linear(2, 2)})
     module.decoders["protein"].weight.grad = torch.full((2, 2), torch.nan)

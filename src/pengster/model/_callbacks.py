@@ -93,19 +93,20 @@ class StepSeed(Callback):
 class _HostFlag:
     """A device boolean on its way to the host: the copy is queued now and read later.
 
-    On a GPU the value is copied into pinned memory behind the work queued so far, and reading it waits for that
-    copy only, not for the work queued after it (``bool(tensor)`` would wait for the whole queue). Elsewhere the
-    tensor itself is read.
+    On a GPU the value is copied into pinned memory behind the work queued so far on its device's stream, and reading
+    it waits for that copy only, not for the work queued after it (``bool(tensor)`` would wait for the whole queue).
+    Elsewhere the tensor itself is read.
     """
 
     def __init__(self, flag: torch.Tensor):
         self._event = None
         self._value = flag
         if flag.device.type == "cuda":
-            self._value = torch.empty(flag.shape, dtype=flag.dtype, pin_memory=True)
-            self._value.copy_(flag, non_blocking=True)
-            self._event = torch.cuda.Event()
-            self._event.record()
+            with torch.cuda.device(flag.device):
+                self._value = torch.empty(flag.shape, dtype=flag.dtype, pin_memory=True)
+                self._value.copy_(flag, non_blocking=True)
+                self._event = torch.cuda.Event()
+                self._event.record(torch.cuda.current_stream(flag.device))
 
     def __bool__(self) -> bool:
         if self._event is not None:
@@ -115,15 +116,26 @@ class _HostFlag:
 
 @dataclasses.dataclass
 class _Step:
-    """A training step left to check: whether it is finite (on its way to the host), and what names its faults."""
+    """An optimizer step left to check: whether it is finite (on its way to the host), and what names its faults."""
 
     bad: _HostFlag
-    checked: torch.Tensor  # the gradient norms, then the loss
+    checked: torch.Tensor  # the gradients' largest magnitudes, then the loss of each minibatch
     names: list[str]  # the gradients' parameter names
-    has_loss: bool
-    batch: Mapping[str, torch.Tensor] | None
-    where: str
+    minibatches: list[tuple[Mapping[str, torch.Tensor], int]]  # (minibatch, index) of each loss, in order
+    epoch: int
+    global_step: int
     saved: list[torch.Tensor]  # the module's buffers before the step
+
+    def where(self, position: int | None = None) -> str:
+        """'epoch e, step s (training minibatch i)', of one minibatch or of them all."""
+        indices = [index for _, index in self.minibatches]
+        if position is not None:
+            indices = indices[position : position + 1]
+        where = f"epoch {self.epoch}, step {self.global_step}"
+        if not indices:
+            return where
+        which = f"minibatch {indices[0]}" if len(indices) == 1 else f"minibatches {indices[0]}-{indices[-1]}"
+        return f"{where} (training {which})"
 
 
 class FiniteLossCheck(Callback):
@@ -132,10 +144,12 @@ class FiniteLossCheck(Callback):
     The loss and the gradients are checked together before the optimizer step, so the weights are never updated
     with a non-finite loss. With a fused optimizer (``train(fast=True)``), nothing waits for the check: the
     optimizer's kernel skips the update of a non-finite step on the device (its ``found_inf`` flag, as with a
-    gradient scaler), and the flag is read on the host at the next step, the next validation or the end of the epoch,
-    so a GPU's queue never drains for it. Otherwise the flag is read at once (one device-to-host copy a step). The
-    error names the minibatch (epoch, step), the batch categories of its cells, and which part is non-finite: a
-    modality's encoder or reconstruction, the KL term, the contrastive term, or the model's parameters.
+    gradient scaler), the buffers the step's forward pass changed (batch-norm statistics) are put back on the device,
+    and the flag is read on the host at the next step, the next validation or the end of the epoch, so a GPU's queue
+    never drains for it (the minibatch is kept until then, to diagnose it). Otherwise the flag is read at once (one
+    device-to-host copy a step). The error names the minibatch (epoch, step), the batch categories of its cells, and
+    which part is non-finite: a modality's encoder or reconstruction, the KL term, the contrastive term, or the
+    model's parameters.
 
     Parameters
     ----------
@@ -145,21 +159,27 @@ class FiniteLossCheck(Callback):
 
     def __init__(self, batch_categories: Sequence[str]):
         self.batch_categories = [str(category) for category in batch_categories]
-        self._batch: Mapping[str, torch.Tensor] | None = None
-        self._where = ""
         self._module = None
-        self._loss: torch.Tensor | None = None
         self._pending: _Step | None = None
-        # the module's buffers (batch-norm statistics, running factors) before a training minibatch: two copies, as
-        # the check of a step may be read after the next one has started
+        # the minibatches and losses since the last optimizer step (several with accumulate_grad_batches)
+        self._minibatches: list[tuple[Mapping[str, torch.Tensor], int]] = []
+        self._losses: list[torch.Tensor] = []
+        self._start = (0, 0)  # epoch and global step of the first of them
+        # the module's buffers (batch-norm statistics, running factors) before an optimizer step's minibatches: two
+        # copies, as the check of a step may be read after the next one has started
         self._buffers: list[torch.Tensor] = []
         self._copies: list[list[torch.Tensor]] = [[], []]
         self._saved: list[torch.Tensor] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        """Remember the minibatch and the module's buffers, to diagnose the minibatch if its loss is not finite."""
-        self._batch, self._module = batch, pl_module.module
-        self._where = f"epoch {trainer.current_epoch}, step {trainer.global_step} (training minibatch {batch_idx})"
+        """Remember the minibatch and, before an optimizer step's first one, the module's buffers."""
+        self._module = pl_module.module
+        accumulate = max(1, int(getattr(trainer, "accumulate_grad_batches", 1) or 1))
+        if batch_idx % accumulate and self._minibatches:
+            self._minibatches.append((batch, batch_idx))
+            return
+        self._minibatches, self._losses = [(batch, batch_idx)], []
+        self._start = (trainer.current_epoch, trainer.global_step)
         buffers = list(pl_module.module.buffers())
         held = self._pending.saved if self._pending is not None else None
         index = 1 if self._copies[0] is held else 0
@@ -172,27 +192,33 @@ class FiniteLossCheck(Callback):
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
         """Keep the loss, to check it with the gradients before the optimizer step."""
-        self._loss = loss.detach()
+        self._losses.append(loss.detach().float().reshape(()))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         """Keep a non-finite loss or gradient from the weights; raise for it now, or at the next step."""
         named = [(name, p.grad) for name, p in pl_module.module.named_parameters() if p.grad is not None]
-        loss, self._loss = self._loss, None
-        # one pass over the gradients (a norm is NaN/inf iff an entry is, or overflows) and the loss
-        checked = list(torch._foreach_norm([g for _, g in named])) if named else []
-        checked += [] if loss is None else [loss.float().reshape(())]
+        # one pass over the gradients: the largest magnitude is NaN/inf iff an entry is (an L2 norm can overflow)
+        checked = list(torch._foreach_norm([g for _, g in named], float("inf"))) if named else []
+        checked += self._losses
         if not checked:
             return
         checked = torch.stack(checked)
         bad = ~torch.isfinite(checked).all()
-        step = _Step(
-            _HostFlag(bad), checked, [n for n, _ in named], loss is not None, self._batch, self._where, self._saved
-        )
+        epoch, global_step = self._start
+        minibatches = self._minibatches[-len(self._losses) :] if self._losses else self._minibatches
+        step = _Step(_HostFlag(bad), checked, [n for n, _ in named], minibatches, epoch, global_step, self._saved)
+        self._losses = []
         fused = isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) and optimizer.defaults.get("fused")
         if not fused:
             self._settle(step)
             return
         optimizer.found_inf = bad.float()  # the fused kernel leaves weights, moments and step count as they are
+        # the buffers go back on the device, so nothing (a checkpoint) sees the step's statistics; written through
+        # .data, which keeps their version counters (batch norm's kernel does not count its own updates either, and
+        # the checks cached on a buffer's version, such as nn._fused._all_ones on the mask tables, stay valid)
+        with torch.no_grad():
+            for buffer, saved in zip(self._buffers, self._saved, strict=True):
+                torch.where(bad, saved, buffer.data, out=buffer.data)
         previous, self._pending = self._pending, step
         if previous is not None:
             self._settle(previous)
@@ -209,33 +235,53 @@ class FiniteLossCheck(Callback):
         """Check the last training step."""
         self._settle_pending()
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """Training stopped for another reason: still say whether the step before it was skipped as non-finite."""
+        step, self._pending = self._pending, None
+        if step is not None and step.bad:
+            self._restore(step)
+            warnings.warn(
+                f"JointVAE training: the optimizer step at {step.where()} had a non-finite loss or gradients and was "
+                f"skipped before training stopped ({type(exception).__name__}).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
     def _settle_pending(self) -> None:
         step, self._pending = self._pending, None
         if step is not None:
             self._settle(step)
 
-    def _settle(self, step: _Step) -> None:
-        """Raise if the step was not finite, after putting back the buffers its forward pass had changed."""
-        if not step.bad:
-            return
-        self._pending = None
+    def _restore(self, step: _Step) -> None:
         if self._buffers and step.saved:
             with torch.no_grad():
                 torch._foreach_copy_(self._buffers, step.saved)
+
+    def _settle(self, step: _Step) -> None:
+        """Raise if the step was not finite, after putting back the buffers its forward passes had changed."""
+        if not step.bad:
+            return
+        self._pending = None
+        self._restore(step)
         values = step.checked.cpu()
-        if step.has_loss and not torch.isfinite(values[-1]):
-            parts = diagnose(self._module, step.batch) if step.batch is not None else []
+        losses = values[len(step.names) :]
+        bad_losses = [position for position, loss in enumerate(losses.tolist()) if not np.isfinite(loss)]
+        if bad_losses:
+            first = bad_losses[0]
+            batch = step.minibatches[first][0]
+            parts = diagnose(self._module, batch)
             raise FloatingPointError(
-                f"JointVAE training stopped: the loss is {values[-1].item()} at {step.where}; "
-                f"{self._cells_phrase(step.batch)}. Non-finite, from where it starts: "
+                f"JointVAE training stopped: the loss is {losses[first].item()} at {step.where(first)}; "
+                f"{self._cells_phrase(batch)}. Non-finite, from where it starts: "
                 f"{'; '.join(parts) or 'the total only (terms were finite recomputed)'}. Check those cells' counts, "
                 "or lower the learning rate (plan_kwargs={'lr': 1e-4}). The weights and running statistics are those "
                 "before this minibatch; the model is not marked trained."
             )
-        bad = [name for name, norm in zip(step.names, values.tolist(), strict=False) if not np.isfinite(norm)]
+        bad = [name for name, value in zip(step.names, values.tolist(), strict=False) if not np.isfinite(value)]
+        batch = step.minibatches[-1][0] if step.minibatches else None
         raise FloatingPointError(
-            f"JointVAE training stopped: non-finite gradients at {step.where} in {_modules_phrase(bad)} "
-            f"({len(bad)} tensors, e.g. {bad[:3]}); {self._cells_phrase(step.batch)}. Lower the learning rate "
+            f"JointVAE training stopped: non-finite gradients at {step.where()} in {_modules_phrase(bad)} "
+            f"({len(bad)} tensors, e.g. {bad[:3]}); {self._cells_phrase(batch)}. Lower the learning rate "
             "(plan_kwargs={'lr': 1e-4}) or check the counts of that modality. The weights and running statistics are "
             "those before this minibatch."
         )

@@ -78,11 +78,13 @@ class JointTrainingPlan(TrainingPlan):
         if sums is not None:
             means = sums.means(self.trainer.strategy.reduce if self.use_sync_dist else None)
             for name, value in means.items():
-                self.log(name, value, on_step=False, on_epoch=True, prog_bar=name == "train_loss")
+                # already the mean over all ranks; sync_dist (a mean of equal values) keeps Lightning from warning
+                sync, bar = self.use_sync_dist, name == "train_loss"
+                self.log(name, value, on_step=False, on_epoch=True, prog_bar=bar, sync_dist=sync)
             metrics = self.train_metrics if mode == "train" else self.val_metrics
             self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=self.use_sync_dist)
         if mode == "train" and "kl_weight" in self.loss_kwargs:
-            self.log("kl_weight", self.kl_weight, on_step=False, on_epoch=True)
+            self.log("kl_weight", self.kl_weight, on_step=False, on_epoch=True, sync_dist=self.use_sync_dist)
 
     def on_train_epoch_end(self) -> None:
         """Log the epoch's training metrics."""
