@@ -67,6 +67,15 @@ def _resume(mdata, checkpoint_dir: Path) -> JointVAE:
     return model
 
 
+def test_checkpoints_without_validation_cells(tmp_path):
+    mdata = _mosaic()
+    model = JointVAE(mdata, **MODEL_KWARGS)
+    model.train(max_epochs=2, batch_size=32, train_size=1.0, checkpoint_dir=str(tmp_path), enable_progress_bar=False)
+    assert model.is_trained_ and "validation_loss" not in model.history
+    assert torch.load(tmp_path / LAST_CHECKPOINT, weights_only=False)["epoch"] == 1
+    JointVAE.load(str(tmp_path / LAST_MODEL), mdata=mdata)
+
+
 def test_keyboard_interrupt_leaves_a_loadable_checkpoint_that_resumes_to_the_same_model(uninterrupted, tmp_path):
     mdata, reference = uninterrupted
     handler = signal.getsignal(signal.SIGINT)

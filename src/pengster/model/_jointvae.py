@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -303,7 +304,12 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             # weight decay would move the frozen reference weights (their gradients are zeroed, not their decay)
             plan_kwargs.setdefault("weight_decay", 0.0)
         on_validation = str(kwargs.get("early_stopping_monitor", "validation_loss")).startswith("validation")
-        if early_stopping and on_validation and kwargs.get("train_size") == 1.0 and not kwargs.get("validation_size"):
+        no_validation = kwargs.get("train_size") == 1.0 and not kwargs.get("validation_size")
+        if no_validation:
+            # scvi-tools validates every epoch when a checkpoint callback is given, and Lightning then fails on the
+            # missing validation loader ("invalid dataloader ... None")
+            kwargs.setdefault("check_val_every_n_epoch", sys.maxsize)
+        if early_stopping and on_validation and no_validation:
             # no validation cells, so no validation loss to stop on (Lightning's error would name neither)
             logger.warning("JointVAE.train: train_size=1.0 leaves no validation cells; early stopping is off.")
             early_stopping = False
