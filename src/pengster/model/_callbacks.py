@@ -124,7 +124,6 @@ class _Step:
     minibatches: list[tuple[Mapping[str, torch.Tensor], int]]  # (minibatch, index) of each loss, in order
     epoch: int
     global_step: int
-    saved: list[torch.Tensor]  # the module's buffers before the step
 
     def where(self, position: int | None = None) -> str:
         """'epoch e, step s (training minibatch i)', of one minibatch or of them all."""
@@ -165,10 +164,9 @@ class FiniteLossCheck(Callback):
         self._minibatches: list[tuple[Mapping[str, torch.Tensor], int]] = []
         self._losses: list[torch.Tensor] = []
         self._start = (0, 0)  # epoch and global step of the first of them
-        # the module's buffers (batch-norm statistics, running factors) before an optimizer step's minibatches: two
-        # copies, as the check of a step may be read after the next one has started
+        # the module's buffers (batch-norm statistics, running factors) before an optimizer step's minibatches; one
+        # copy serves a step checked later too: a bad step's changes are put back on the device before the next starts
         self._buffers: list[torch.Tensor] = []
-        self._copies: list[list[torch.Tensor]] = [[], []]
         self._saved: list[torch.Tensor] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -181,13 +179,11 @@ class FiniteLossCheck(Callback):
         self._minibatches, self._losses = [(batch, batch_idx)], []
         self._start = (trainer.current_epoch, trainer.global_step)
         buffers = list(pl_module.module.buffers())
-        held = self._pending.saved if self._pending is not None else None
-        index = 1 if self._copies[0] is held else 0
-        saved = self._copies[index]
+        saved = self._saved
         if [(b.shape, b.dtype, b.device) for b in buffers] == [(b.shape, b.dtype, b.device) for b in saved] and buffers:
             torch._foreach_copy_(saved, buffers)  # one copy, no GPU sync
         else:
-            saved = self._copies[index] = [b.detach().clone() for b in buffers]
+            saved = [b.detach().clone() for b in buffers]
         self._buffers, self._saved = buffers, saved
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
@@ -206,7 +202,7 @@ class FiniteLossCheck(Callback):
         bad = ~torch.isfinite(checked).all()
         epoch, global_step = self._start
         minibatches = self._minibatches[-len(self._losses) :] if self._losses else self._minibatches
-        step = _Step(_HostFlag(bad), checked, [n for n, _ in named], minibatches, epoch, global_step, self._saved)
+        step = _Step(_HostFlag(bad), checked, [n for n, _ in named], minibatches, epoch, global_step)
         self._losses = []
         fused = isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) and optimizer.defaults.get("fused")
         if not fused:
@@ -239,7 +235,7 @@ class FiniteLossCheck(Callback):
         """Training stopped for another reason: still say whether the step before it was skipped as non-finite."""
         step, self._pending = self._pending, None
         if step is not None and step.bad:
-            self._restore(step)
+            self._restore()
             warnings.warn(
                 f"JointVAE training: the optimizer step at {step.where()} had a non-finite loss or gradients and was "
                 f"skipped before training stopped ({type(exception).__name__}).",
@@ -252,17 +248,17 @@ class FiniteLossCheck(Callback):
         if step is not None:
             self._settle(step)
 
-    def _restore(self, step: _Step) -> None:
-        if self._buffers and step.saved:
+    def _restore(self) -> None:
+        if self._buffers and self._saved:
             with torch.no_grad():
-                torch._foreach_copy_(self._buffers, step.saved)
+                torch._foreach_copy_(self._buffers, self._saved)
 
     def _settle(self, step: _Step) -> None:
         """Raise if the step was not finite, after putting back the buffers its forward passes had changed."""
         if not step.bad:
             return
         self._pending = None
-        self._restore(step)
+        self._restore()
         values = step.checked.cpu()
         losses = values[len(step.names) :]
         bad_losses = [position for position, loss in enumerate(losses.tolist()) if not np.isfinite(loss)]
