@@ -23,7 +23,7 @@ import pengster
 from pengster._constants import REGISTRY_KEYS
 from pengster.data import synthetic_mosaic
 from pengster.model import JointVAE
-from pengster.model._callbacks import LAST_CHECKPOINT, LAST_MODEL, FiniteLossCheck
+from pengster.model._callbacks import LAST_CHECKPOINT, LAST_MODEL, FiniteLossCheck, largest_magnitudes
 from pengster.model._save import FORMAT_VERSION, MANIFEST_NAME
 
 torch.set_num_threads(1)
@@ -323,6 +323,15 @@ def test_large_finite_gradients_do_not_stop_training():
     model = JointVAE(mdata, **MODEL_KWARGS)
     model.train(max_epochs=2, batch_size=32, enable_progress_bar=False, callbacks=[Large()])
     assert model.is_trained_
+
+
+def test_largest_magnitudes_equal_the_inf_norms_in_any_layout():
+    rng = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(30, 7, generator=rng).t(), torch.randn(5, generator=rng), torch.randn(4, 6)[:, ::2]]
+    tensors += [torch.tensor([1e20, -3e38]), torch.tensor([1.0, -torch.inf]), torch.tensor([torch.nan, 2.0])]
+    expected = torch.stack([torch.linalg.vector_norm(t, torch.inf) for t in tensors])
+    torch.testing.assert_close(largest_magnitudes(tensors), expected, equal_nan=True, rtol=0, atol=0)
+    assert largest_magnitudes([torch.empty(0, 3)]).tolist() == [0.0]
 
 
 def test_non_finite_gradients_are_named_by_module():

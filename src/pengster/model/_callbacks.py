@@ -33,6 +33,23 @@ LAST_MODEL = "last_model"
 """A JointVAE folder (:meth:`~pengster.model.JointVAE.save` format) of the same epoch, for ``JointVAE.load``."""
 
 
+def largest_magnitudes(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Each tensor's largest magnitude (NaN or inf iff some entry is; an L2 norm would overflow from 1e19).
+
+    One pass per tensor, in storage order: on CPU ``torch.linalg.vector_norm(g, inf)`` took 15 ms on a 20000 x 256
+    gradient (and 10 ms for ``aminmax`` over its transpose), ``aminmax`` over the contiguous storage 1.4 ms.
+    """
+    extremes = [torch.aminmax(_storage_order(t)) if t.numel() else (t.new_zeros(()),) * 2 for t in tensors]
+    lows, highs = zip(*extremes, strict=True)
+    return torch.maximum(torch.stack(lows).abs(), torch.stack(highs).abs())
+
+
+def _storage_order(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.dim() == 2 and not tensor.is_contiguous() and tensor.t().is_contiguous():
+        return tensor.t()  # the column-major encoder weights' gradients
+    return tensor
+
+
 def step_seed(base_seed: int, epoch: int, batch_index: int, rank: int = 0) -> int:
     """The torch seed of one training step: a function of the run's seed, the epoch, the minibatch and the rank."""
     state = np.random.SeedSequence([base_seed, epoch, batch_index, rank]).generate_state(2, dtype=np.uint32)
@@ -193,12 +210,11 @@ class FiniteLossCheck(Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         """Keep a non-finite loss or gradient from the weights; raise for it now, or at the next step."""
         named = [(name, p.grad) for name, p in pl_module.module.named_parameters() if p.grad is not None]
-        # one pass over the gradients: the largest magnitude is NaN/inf iff an entry is (an L2 norm can overflow)
-        checked = list(torch._foreach_norm([g for _, g in named], float("inf"))) if named else []
-        checked += self._losses
+        checked = [largest_magnitudes([g for _, g in named])] if named else []
+        checked += [loss.reshape(1) for loss in self._losses]
         if not checked:
             return
-        checked = torch.stack(checked)
+        checked = torch.cat(checked)
         bad = ~torch.isfinite(checked).all()
         epoch, global_step = self._start
         minibatches = self._minibatches[-len(self._losses) :] if self._losses else self._minibatches

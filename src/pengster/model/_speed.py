@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import torch
 
+from ._heap import heap_arrays
+
 BASE_BATCH_SIZE = 256
 """Minibatch size of small datasets, and the size the learning rate rule is relative to."""
 MAX_AUTO_BATCH_SIZE = 2048
@@ -108,10 +110,11 @@ def speed_options(
 
 @contextlib.contextmanager
 def fast_context(enabled: bool, *, accelerator: str | None, module=None) -> Iterator[None]:
-    """While training on a GPU with ``enabled``: TF32 matrix products and the compiled ATAC likelihood.
+    """The process-wide switches of the fast path: with ``enabled``, GPU or CPU ones while training.
 
-    Both are process-wide switches, restored afterwards. Without ``enabled``, ``module`` (a
-    :class:`~pengster.module.JointVAEModule`) trains on its dense reference path (``use_sparse = False``).
+    On a GPU TF32 matrix products and the compiled ATAC likelihood; on the CPU large arrays kept in the heap
+    (:mod:`pengster.model._heap`). All are process-wide switches, restored afterwards. Without ``enabled``,
+    ``module`` (a :class:`~pengster.module.JointVAEModule`) trains on its dense reference path (``use_sparse = False``).
     """
     from pengster.nn import FactorBernoulli
 
@@ -124,7 +127,8 @@ def fast_context(enabled: bool, *, accelerator: str | None, module=None) -> Iter
         torch.set_float32_matmul_precision("high")
         FactorBernoulli.compile = True
     try:
-        yield
+        with heap_arrays(enabled and not on_gpu):
+            yield
     finally:
         torch.set_float32_matmul_precision(previous[0])
         FactorBernoulli.compile = previous[1]
