@@ -12,7 +12,7 @@ from scvi.nn import Encoder
 
 import pengster
 from pengster.model._device_loader import loader_from_manager
-from pengster.nn import FactorBernoulli
+from pengster.nn import FactorBernoulli, _bernoulli_nll
 from pengster.nn._fused import reconstruction_nll
 from pengster.nn._pair_nll import pair_nll
 from pengster.nn._sparse import SparseRows, column_major_, encoder_sparse, first_linear
@@ -71,9 +71,11 @@ def _mask_table(n_cols: int, partial: bool) -> torch.Tensor:
     return table
 
 
+@pytest.mark.parametrize("block_entries", [1 << 18, 64])  # one row block, or blocks of 2 rows (and a last of 1)
 @pytest.mark.parametrize("partial", [False, True])
 @pytest.mark.parametrize("likelihood", ["nb", "bernoulli"])
-def test_pair_nll_equals_log_prob_of_repeated_rows(likelihood, partial):
+def test_pair_nll_equals_log_prob_of_repeated_rows(likelihood, partial, block_entries, monkeypatch):
+    monkeypatch.setattr(_bernoulli_nll, "BLOCK_ENTRIES", block_entries)
     torch.manual_seed(0)
     counts = _sparse_counts(n_rows=10, n_cols=30)
     panel = torch.tensor([0, 1] * 5)
@@ -99,6 +101,23 @@ def test_pair_nll_equals_log_prob_of_repeated_rows(likelihood, partial):
     grads = [torch.autograd.grad((nll * weights).sum(), inputs) for nll in (reference, fast)]
     for grad, grad_fast in zip(*grads, strict=True):
         torch.testing.assert_close(grad_fast, grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("block_entries", [1 << 18, 40])
+def test_open_nll_takes_its_open_entries_in_any_order(block_entries, monkeypatch):
+    monkeypatch.setattr(_bernoulli_nll, "BLOCK_ENTRIES", block_entries)
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(9, 20, generator=generator, requires_grad=True)
+    region = torch.randn(20, generator=generator, requires_grad=True)
+    cell = torch.rand(9, 1, generator=generator, requires_grad=True)
+    pair, col = (torch.rand(9, 20, generator=generator) < 0.3).nonzero(as_tuple=True)
+    shuffled = torch.randperm(len(pair), generator=generator)
+    results = []
+    for order in (torch.arange(len(pair)), shuffled):
+        nll = _bernoulli_nll.factor_bernoulli_open_nll(logits, region, cell, pair[order], col[order])
+        results.append((nll, *torch.autograd.grad(nll.square().sum(), (logits, region, cell))))
+    for sorted_value, shuffled_value in zip(*results, strict=True):
+        torch.testing.assert_close(shuffled_value, sorted_value)
 
 
 def test_module_sparse_path_equals_dense_path():
