@@ -284,7 +284,8 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             Minibatches gathered on the training device from the CSR matrices (the whole matrix on the GPU when it
             fits, else read in contiguous chunks in shuffled order, also from a backed h5mu), TF32 matrix
             products and a compiled ATAC likelihood on GPUs, fused Adam; on CPU the RNA/ATAC encoders read only
-            the nonzero counts (same values, see ``JointVAEModule.use_sparse``).
+            the nonzero counts (same values, see ``JointVAEModule.use_sparse``) and, with glibc, large arrays are
+            kept in the heap between steps (``pengster.model._heap``; restored after training).
             False: scvi-tools' loader, minibatches of 256 and the dense reference computation. Either way training
             is in float32 unless ``precision="bf16-mixed"`` is passed (bf16 autocast: the layers run in bf16, the
             likelihoods and the loss in float32; for GPUs with bf16 support).
