@@ -118,6 +118,14 @@ def test_open_nll_takes_its_open_entries_in_any_order(block_entries, monkeypatch
         results.append((nll, *torch.autograd.grad(nll.square().sum(), (logits, region, cell))))
     for sorted_value, shuffled_value in zip(*results, strict=True):
         torch.testing.assert_close(shuffled_value, sorted_value)
+    # a mask of one row stands for every row
+    row = (torch.rand(1, 20, generator=generator) < 0.7).float()
+    broadcast, expanded = (
+        _bernoulli_nll.factor_bernoulli_open_nll(logits, region, cell, pair, col, mask, row[0, col])
+        for mask in (row, row.expand(9, 20).clone())
+    )
+    torch.testing.assert_close(broadcast, expanded)
+    assert (broadcast != results[0][0]).any()  # the mask counts
 
 
 def test_module_sparse_path_equals_dense_path():

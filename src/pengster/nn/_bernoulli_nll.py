@@ -37,11 +37,10 @@ def _block_rows(n_rows: int, n_cols: int) -> int:
 
 def _blocks(n_rows: int, n_cols: int, open_pair: torch.Tensor) -> Iterator[tuple[int, int, int, int]]:
     """``(start, stop, first, last)``: each row block, and the range of its open entries (``open_pair`` sorted)."""
-    starts = list(range(0, n_rows, _block_rows(n_rows, n_cols)))
-    edges = torch.tensor([*starts, n_rows], dtype=open_pair.dtype, device=open_pair.device)
-    bounds = torch.searchsorted(open_pair, edges).tolist()
-    for index, start in enumerate(starts):
-        yield start, min(n_rows, starts[index + 1] if index + 1 < len(starts) else n_rows), *bounds[index : index + 2]
+    edges = [*range(0, n_rows, _block_rows(n_rows, n_cols)), n_rows]
+    bounds = torch.searchsorted(open_pair, torch.tensor(edges, dtype=open_pair.dtype, device=open_pair.device))
+    bounds = bounds.tolist()
+    return zip(edges[:-1], edges[1:], bounds[:-1], bounds[1:], strict=True)
 
 
 def _sum_logs(closed: torch.Tensor, out: torch.Tensor) -> None:
@@ -70,8 +69,10 @@ class _FactorBernoulliNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, region_logit, cell_factor, open_pair, open_col, mask, open_mask):
         n_rows, n_cols = logits.shape
+        ctx.logits_dtype = logits.dtype
         region = torch.sigmoid(region_logit.float())
         logits = logits.float()
+        mask = None if mask is None else mask.expand(n_rows, n_cols)  # sliced by rows below
         sig = torch.empty_like(logits)
         dense = logits.new_empty(n_rows)
         buffer = logits.new_empty(_block_rows(n_rows, n_cols), n_cols)
@@ -93,7 +94,7 @@ class _FactorBernoulliNLL(torch.autograd.Function):
             correction = correction * open_mask
         nll = -(dense.index_add(0, open_pair, correction))
         ctx.save_for_backward(sig, region, cell_factor, open_pair, open_col, probs_open, mask, open_mask)
-        ctx.clamped, ctx.logits_dtype = clamped, logits.dtype
+        ctx.clamped = clamped
         return nll
 
     @staticmethod
@@ -161,7 +162,8 @@ def factor_bernoulli_open_nll(
     open_pair, open_col
         Row and peak of every open entry, int64 arrays of the same length, in any order.
     mask
-        Feature mask of shape ``(n, n_peaks)`` (or broadcastable), or None when every peak was measured.
+        0/1 feature mask (1: measured) of shape ``(n, n_peaks)`` (or broadcastable), or None when every peak was
+        measured.
     open_mask
         The mask at the open entries (required with ``mask``).
 
