@@ -128,6 +128,17 @@ def test_open_nll_takes_its_open_entries_in_any_order(block_entries, monkeypatch
     assert (broadcast != results[0][0]).any()  # the mask counts
 
 
+def test_open_nll_blocks_rows_on_the_cpu_only_and_takes_no_rows():
+    # on a GPU the whole array is one block: no per-block launches, no host read for the blocks' bounds
+    assert _bernoulli_nll._block_rows(3072, 100_000, torch.device("cuda")) == 3072
+    assert _bernoulli_nll._block_rows(3072, 100_000, torch.device("cpu")) == 2
+    logits, region = torch.zeros(0, 20, requires_grad=True), torch.zeros(20, requires_grad=True)
+    empty = torch.zeros(0, dtype=torch.long)
+    nll = _bernoulli_nll.factor_bernoulli_open_nll(logits, region, torch.ones(0, 1), empty, empty)
+    nll.sum().backward()
+    assert nll.shape == (0,) and torch.equal(region.grad, torch.zeros(20))
+
+
 def test_module_sparse_path_equals_dense_path():
     mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 60, "cite": 40}, gene_overlap=0.8, seed=2)
     mdata.mod["atac"] = mdata.mod["atac"][:, np.asarray(mdata.mod["atac"].X.sum(0)).ravel() > 0].copy()

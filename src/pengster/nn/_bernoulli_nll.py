@@ -28,16 +28,21 @@ import torch
 
 PROB_EPS = 1e-6
 BLOCK_ENTRIES = 1 << 18
-"""Entries of a row block (1 MB in float32), so that the few arrays of a block in use stay in a CPU's cache."""
+"""Entries of a row block on the CPU (1 MB in float32), so that the few arrays of a block in use stay in its cache.
+Elsewhere (a GPU) the whole array is one block: a block costs a dozen kernel launches and its bounds a host read."""
 
 
-def _block_rows(n_rows: int, n_cols: int) -> int:
-    return min(n_rows, max(1, BLOCK_ENTRIES // max(n_cols, 1)))
+def _block_rows(n_rows: int, n_cols: int, device: torch.device) -> int:
+    if device.type != "cpu":
+        return max(1, n_rows)
+    return max(1, min(n_rows, BLOCK_ENTRIES // max(n_cols, 1)))
 
 
 def _blocks(n_rows: int, n_cols: int, open_pair: torch.Tensor) -> Iterator[tuple[int, int, int, int]]:
     """``(start, stop, first, last)``: each row block, and the range of its open entries (``open_pair`` sorted)."""
-    edges = [*range(0, n_rows, _block_rows(n_rows, n_cols)), n_rows]
+    edges = [*range(0, n_rows, _block_rows(n_rows, n_cols, open_pair.device)), n_rows]
+    if len(edges) <= 2:
+        return iter([(0, n_rows, 0, len(open_pair))] if n_rows else [])
     bounds = torch.searchsorted(open_pair, torch.tensor(edges, dtype=open_pair.dtype, device=open_pair.device))
     bounds = bounds.tolist()
     return zip(edges[:-1], edges[1:], bounds[:-1], bounds[1:], strict=True)
@@ -75,7 +80,7 @@ class _FactorBernoulliNLL(torch.autograd.Function):
         mask = None if mask is None else mask.expand(n_rows, n_cols)  # sliced by rows below
         sig = torch.empty_like(logits)
         dense = logits.new_empty(n_rows)
-        buffer = logits.new_empty(_block_rows(n_rows, n_cols), n_cols)
+        buffer = logits.new_empty(_block_rows(n_rows, n_cols, logits.device), n_cols)
         clamped = False
         for start, stop, _, _ in _blocks(n_rows, n_cols, open_pair):
             torch.sigmoid(logits[start:stop], out=sig[start:stop])
@@ -109,7 +114,7 @@ class _FactorBernoulliNLL(torch.autograd.Function):
         grad_logits = torch.empty_like(sig) if needs_logits else None
         region_sum = torch.zeros_like(region) if needs_region else None
         row_sum = sig.new_empty(n_rows) if needs_cell else None
-        buffers = sig.new_empty(2, _block_rows(n_rows, n_cols), n_cols)
+        buffers = sig.new_empty(2, _block_rows(n_rows, n_cols, sig.device), n_cols)
         for start, stop, first, last in _blocks(n_rows, n_cols, open_pair):
             rows = slice(start, stop)
             probs = _probs(sig[rows], region, cell_factor[rows], buffers[0, : stop - start])
@@ -171,7 +176,8 @@ def factor_bernoulli_open_nll(
     -------
     Array of shape ``(n,)``, in float32.
     """
-    if len(open_pair) > 1 and bool((open_pair[1:] < open_pair[:-1]).any()):
+    several_blocks = _block_rows(len(logits), logits.shape[-1], logits.device) < len(logits)
+    if several_blocks and len(open_pair) > 1 and bool((open_pair[1:] < open_pair[:-1]).any()):
         order = torch.argsort(open_pair, stable=True)  # the blocks take their entries as ranges of rows
         open_pair, open_col = open_pair.index_select(0, order), open_col.index_select(0, order)
         open_mask = None if open_mask is None else open_mask.index_select(0, order)
