@@ -23,6 +23,7 @@ from scvi.train import SaveCheckpoint
 
 from pengster._constants import REGISTRY_KEYS
 from pengster.module._alignment import contrastive_loss
+from pengster.nn._sparse import is_column_major
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def largest_magnitudes(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def _storage_order(tensor: torch.Tensor) -> torch.Tensor:
-    if tensor.dim() == 2 and not tensor.is_contiguous() and tensor.t().is_contiguous():
+    if is_column_major(tensor):
         return tensor.t()  # the column-major encoder weights' gradients
     return tensor
 

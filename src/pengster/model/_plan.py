@@ -9,6 +9,8 @@ import torch
 from lightning.pytorch.utilities.data import extract_batch_size
 from scvi.train import TrainingPlan
 
+from pengster.nn._sparse import is_column_major
+
 
 class JointTrainingPlan(TrainingPlan):
     """:class:`scvi.train.TrainingPlan` whose metrics are logged under ``no_grad`` instead of ``inference_mode``.
@@ -139,10 +141,6 @@ class EpochSums:
         return dict(zip(self.names, sums / weights, strict=True))
 
 
-def _column_major(tensor: torch.Tensor) -> bool:
-    return tensor.dim() == 2 and not tensor.is_contiguous() and tensor.t().is_contiguous()
-
-
 class _Transposing:
     """Adam/AdamW that hands column-major tensors to its kernel as their contiguous transposes.
 
@@ -163,7 +161,7 @@ class _Transposing:
             *(s for s in state if isinstance(s, list) and len(s) == len(params) and s[0].dim()),
         ]
         for index in range(len(params)):
-            if all(_column_major(values[index]) for values in lists):
+            if all(is_column_major(values[index]) for values in lists):
                 for values in lists:
                     values[index] = values[index].t()
         return result

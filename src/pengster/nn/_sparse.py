@@ -194,6 +194,11 @@ class _SparseMatmul(torch.autograd.Function):
         return torch.addmm(out, x_t, grad_out, beta=0, out=out), None
 
 
+def is_column_major(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a 2-d array stored column-major (its transpose contiguous, itself not)."""
+    return tensor.dim() == 2 and not tensor.is_contiguous() and tensor.t().is_contiguous()
+
+
 def column_major_(linear: nn.Linear) -> nn.Linear:
     """Store ``linear.weight`` column-major (``weight.T`` contiguous); same values, same shape, same module."""
     weight = linear.weight
