@@ -1,79 +1,125 @@
-"""Large CPU arrays stay in the heap while JointVAE trains on the CPU (pengster.model._heap), and only then."""
+"""Large CPU arrays stay in the heap while JointVAE trains on the CPU (pengster.model._heap), and only then.
+
+Each check runs in a fresh process: glibc's thresholds are set once per process (by the environment at start, or by
+``mallopt``), and what a test process's heap already holds decides where an array comes from.
+"""
 
 from __future__ import annotations
 
-import ctypes
+import json
+import os
+import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
-import torch
 
-from pengster.data import synthetic_mosaic
-from pengster.model import JointVAE
-from pengster.model._heap import USER_SETTINGS, heap_arrays
+from pengster.model import _heap
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 
-MB = 1 << 20
+_LOAD = """
+import importlib.util, json, sys
+sys.path.insert(0, {tests!r})
+import _malloc
+from _malloc import MB, heap_holds_a_64mb_array, large_arrays_are_mapped
+if not _malloc.has_mallinfo2():
+    print(json.dumps("no mallinfo2")); sys.exit()
+spec = importlib.util.spec_from_file_location("_heap", {heap!r})  # alone, without the package's imports
+_heap = importlib.util.module_from_spec(spec); spec.loader.exec_module(_heap)
+large_mapped = lambda: large_arrays_are_mapped(_heap.TRAINING_THRESHOLD)
+"""
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-    ] + [("keepcost", ctypes.c_size_t)]
-
-
-def _mapped_bytes() -> int:
-    """Bytes glibc holds in separate mmaps (mallinfo2's hblkhd)."""
-    libc = ctypes.CDLL("libc.so.6")
-    if not hasattr(libc, "mallinfo2"):
+def _observe(script: str, **env: str):
+    """Run ``script`` (after _LOAD) in a fresh one-thread process; what it printed as JSON."""
+    load = _LOAD.format(tests=str(Path(__file__).parent), heap=_heap.__file__)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **env}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(load) + textwrap.dedent(script)],
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    observed = json.loads(done.stdout.decode().splitlines()[-1])
+    if observed == "no mallinfo2":
         pytest.skip("glibc < 2.33 has no mallinfo2")
-    libc.mallinfo2.restype = _MallInfo2
-    return libc.mallinfo2().hblkhd
-
-
-def _mapped_by_a_64mb_array() -> int:
-    before = _mapped_bytes()
-    array = torch.ones(16 * MB)  # 64 MB
-    grown = _mapped_bytes() - before
-    del array
-    return grown
+    return observed
 
 
 def test_heap_arrays_keeps_64mb_arrays_off_mmap_and_restores_the_thresholds():
-    with heap_arrays(True):
-        assert _mapped_by_a_64mb_array() == 0
-    # afterwards the ceiling of glibc's dynamic threshold (32 MiB) applies again
-    assert _mapped_by_a_64mb_array() >= 64 * MB
-    with heap_arrays(False):
-        assert _mapped_by_a_64mb_array() >= 64 * MB
+    observed = _observe("""
+        import torch
+        seen = {}
+        with _heap.heap_arrays(True):
+            seen["inside: heap holds 64 MB"] = heap_holds_a_64mb_array()
+            seen["inside: large mapped"] = large_mapped()
+            held = torch.ones(32 * MB)  # 128 MB from the heap ...
+            pinned = torch.ones(MB)  # ... below memory still in use: a free chunk trimming cannot hand back
+            del held
+        seen["after: large mapped"] = large_mapped()  # glibc's dynamic ceiling (32 MiB) again
+        with _heap.heap_arrays(False):
+            seen["disabled: large mapped"] = large_mapped()
+        print(json.dumps(seen))
+    """)
+    assert observed == {
+        "inside: heap holds 64 MB": True,
+        "inside: large mapped": False,
+        "after: large mapped": True,
+        "disabled: large mapped": True,
+    }
 
 
-@pytest.mark.parametrize("setting", [USER_SETTINGS[0], "GLIBC_TUNABLES"])
-def test_heap_arrays_leaves_a_users_malloc_settings_alone(monkeypatch, setting):
-    value = "glibc.malloc.mmap_threshold=33554432" if setting == "GLIBC_TUNABLES" else "33554432"
-    monkeypatch.setenv(setting, value)
-    with heap_arrays(True):
-        assert _mapped_by_a_64mb_array() >= 64 * MB
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("MALLOC_MMAP_THRESHOLD_", "33554432"), ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=33554432")],
+)
+def test_heap_arrays_leaves_a_users_malloc_settings_alone(setting, value):
+    assert setting == "GLIBC_TUNABLES" or setting in _heap.USER_SETTINGS
+    observed = _observe(
+        """
+        with _heap.heap_arrays(True):
+            print(json.dumps(large_mapped()))
+        """,
+        **{setting: value},
+    )
+    assert observed is True
 
 
-class _Probe(pl.Callback):
-    def __init__(self):
-        self.mapped = []
+def test_cpu_training_uses_the_heap_only_on_the_fast_path():
+    observed = _observe("""
+        import lightning.pytorch as pl
+        import torch
+        from pengster.data import synthetic_mosaic
+        from pengster.model import JointVAE
 
-    def on_train_batch_end(self, *args) -> None:
-        self.mapped.append(_mapped_by_a_64mb_array())
+        class Probe(pl.Callback):
+            def __init__(self):
+                self.mapped = []
 
+            def on_train_batch_end(self, *args):
+                self.mapped.append(large_mapped())
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_cpu_training_uses_the_heap_only_on_the_fast_path(fast):
-    mdata = synthetic_mosaic(n_cells={"multiome": 60, "cite": 60}, n_genes=30, n_peaks=40, n_proteins=8, seed=0)
-    JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac", "protein": "prot"}, batch_key="batch")
-    model = JointVAE(mdata, n_latent=4, n_hidden=16)
-    probe = _Probe()
-    model.train(max_epochs=1, batch_size=32, fast=fast, accelerator="cpu", callbacks=[probe], enable_progress_bar=False)
-    assert probe.mapped
-    assert all((grown == 0) == fast for grown in probe.mapped)
-    assert _mapped_by_a_64mb_array() >= 64 * MB
+        torch.set_num_threads(1)
+        mdata = synthetic_mosaic(n_cells={"multiome": 60, "cite": 60}, n_genes=30, n_peaks=40, n_proteins=8, seed=0)
+        JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac", "protein": "prot"}, batch_key="batch")
+        seen = {}
+        for fast in (False, True):
+            probe = Probe()
+            model = JointVAE(mdata, n_latent=4, n_hidden=16)
+            model.train(max_epochs=1, batch_size=32, fast=fast, accelerator="cpu", callbacks=[probe],
+                        enable_progress_bar=False)
+            seen[f"fast={fast}: during"] = probe.mapped
+            seen[f"fast={fast}: after"] = large_mapped()
+        print(json.dumps(seen))
+    """)
+    steps = len(observed["fast=True: during"])
+    assert steps >= 2
+    assert observed == {
+        "fast=False: during": [True] * steps,
+        "fast=False: after": True,
+        "fast=True: during": [False] * steps,
+        "fast=True: after": True,
+    }
