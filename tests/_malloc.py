@@ -17,7 +17,10 @@ class _MallInfo2(ctypes.Structure):
 
 
 def has_mallinfo2() -> bool:
-    return hasattr(ctypes.CDLL("libc.so.6"), "mallinfo2")
+    try:
+        return hasattr(ctypes.CDLL("libc.so.6"), "mallinfo2")
+    except OSError:  # not glibc (musl)
+        return False
 
 
 def _mallinfo2() -> _MallInfo2:
