@@ -148,6 +148,13 @@ def _multiome_subset_in_place(mdata: md.MuData) -> md.MuData:
     return mdata
 
 
+def _fractional_measured(mdata: md.MuData) -> md.MuData:
+    measured = mdata.mod["prot"].varm["measured"].astype(float)
+    measured.iloc[2, 0] = 0.5
+    mdata.mod["prot"].varm["measured"] = measured
+    return mdata
+
+
 def _renamed_mods(mdata: md.MuData) -> md.MuData:
     return md.MuData({"gene_expression": mdata.mod["rna"], "chromatin": mdata.mod["atac"]})
 
@@ -334,6 +341,13 @@ SETUP_CASES = [
         {"modalities": ALL},
         ValueError,
         [r"10 cells of mdata have none of the modalities", r"multiome_cell0", r"call mdata\.update\(\)"],
+    ),
+    (
+        "measured_not_true_false",
+        _fractional_measured,
+        {"modalities": ALL, "dataset_key": "dataset"},
+        ValueError,
+        [r"mdata\.mod\['prot'\]\.varm\['measured'\]\['cite'\]", r"'protein2': 0\.5", r"Set it to booleans"],
     ),
     (
         "modality_with_zero_features",

@@ -17,6 +17,8 @@ import pytest
 
 from pengster.model import _heap
 
+MB = 1 << 20
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 
 _LOAD = """
@@ -35,7 +37,8 @@ large_mapped = lambda: large_arrays_are_mapped(_heap.TRAINING_THRESHOLD)
 def _observe(script: str, **env: str):
     """Run ``script`` (after _LOAD) in a fresh one-thread process; what it printed as JSON."""
     load = _LOAD.format(tests=str(Path(__file__).parent), heap=_heap.__file__)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **env}
+    inherited = {k: v for k, v in os.environ.items() if k not in _heap.USER_SETTINGS and k != "GLIBC_TUNABLES"}
+    env = {**inherited, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **env}
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(load) + textwrap.dedent(script)],
         env=env,
@@ -72,9 +75,47 @@ def test_heap_arrays_keeps_64mb_arrays_off_mmap_and_restores_the_thresholds():
     }
 
 
+def test_heap_arrays_ignores_other_malloc_tunables():
+    observed = _observe(
+        """
+        with _heap.heap_arrays(True):
+            print(json.dumps([heap_holds_a_64mb_array(), large_mapped()]))
+        """,
+        GLIBC_TUNABLES="glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0",
+    )
+    assert observed == [True, False]
+
+
+class _OldGlibc:
+    """mallopt as glibc did before it took thresholds above HEAP_MAX_SIZE / 2 (32 MiB); every call recorded."""
+
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, option: int, value: int) -> int:
+        self.calls.append(("mallopt", option, value))
+        return int(value <= 32 * MB)
+
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(("malloc_trim", pad))
+        return 1
+
+
+def test_heap_arrays_changes_nothing_where_glibc_refuses_the_threshold(monkeypatch):
+    libc = _OldGlibc()
+    monkeypatch.setattr(_heap, "_glibc", lambda: libc)
+    monkeypatch.setattr(_heap, "_user_tuned", lambda: False)
+    with _heap.heap_arrays(True):
+        pass
+    assert libc.calls == [("mallopt", _heap.M_MMAP_THRESHOLD, _heap.TRAINING_THRESHOLD)]  # refused, nothing else
+
+
 @pytest.mark.parametrize(
     ("setting", "value"),
-    [("MALLOC_MMAP_THRESHOLD_", "33554432"), ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=33554432")],
+    [
+        ("MALLOC_MMAP_THRESHOLD_", "33554432"),
+        ("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=33554432"),
+    ],
 )
 def test_heap_arrays_leaves_a_users_malloc_settings_alone(setting, value):
     assert setting == "GLIBC_TUNABLES" or setting in _heap.USER_SETTINGS

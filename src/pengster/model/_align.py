@@ -101,10 +101,27 @@ def feature_masks(mdata: MuData, modalities: Mapping[str, str], panels: list[str
             )
             for index, panel in enumerate(panels):
                 if panel in measured.columns:
-                    row = measured[panel].to_numpy().astype(np.float32)
+                    row = _measured_row(measured[panel], mod_key=mod_key, panel=panel)
                     mask[index] = row if row.any() else 1.0
         masks[modality] = mask
     return masks
+
+
+def _measured_row(column: pd.Series, *, mod_key: str, panel: str) -> np.ndarray:
+    """One panel's column of ``varm['measured']`` as 0/1 float32.
+
+    Any other value is an error: it would weight the feature's likelihood, not say whether it was measured.
+    """
+    row = column.to_numpy()
+    other = ~np.isin(row, (0, 1))
+    if row.dtype != bool and other.any():
+        examples = dict(zip(column.index[other][:3], row[other][:3].tolist(), strict=True))
+        raise ValueError(
+            f"mdata.mod[{mod_key!r}].varm['measured'][{panel!r}] holds values other than True/False "
+            f"(e.g. {examples}); it says which features dataset {panel!r} measured. "
+            f"Set it to booleans, e.g. mdata.mod[{mod_key!r}].varm['measured'] = <that table> > 0."
+        )
+    return row.astype(np.float32)
 
 
 def batch_has_modality(obs: pd.DataFrame, batches: list[str], modalities: Mapping[str, str]) -> np.ndarray:

@@ -8,8 +8,9 @@ the thresholds are raised, so those arrays come from the heap and are reused; af
 dynamic defaults' ceiling and the heap's free memory is returned to the system (``malloc_trim``).
 
 Measured (``all`` at batch 256, 2,000 cells x 20k peaks, one thread): 308 -> 342 cells per CPU second. A user's own
-threshold settings (the ``MALLOC_*_`` environment variables of :data:`USER_SETTINGS`, or ``glibc.malloc`` tunables in
-``GLIBC_TUNABLES``) are left alone.
+threshold settings (the ``MALLOC_*_`` environment variables of :data:`USER_SETTINGS`, or the same as
+:data:`USER_TUNABLES` in ``GLIBC_TUNABLES``) are left alone. An older glibc that refuses a threshold above 32 MiB
+(``mallopt`` returns 0) is left as it is too.
 """
 
 from __future__ import annotations
@@ -41,10 +42,16 @@ def _glibc():
 
 
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_TOP_PAD_")
+USER_TUNABLES = tuple(f"glibc.malloc.{name.removeprefix('MALLOC_').rstrip('_').lower()}" for name in USER_SETTINGS)
+"""The same settings as ``GLIBC_TUNABLES`` entries (``glibc.malloc.mmap_threshold=...:...``); other tunables, such as
+``glibc.malloc.arena_max``, do not count."""
 
 
 def _user_tuned() -> bool:
-    return any(name in os.environ for name in USER_SETTINGS) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
+    tunables = os.environ.get("GLIBC_TUNABLES", "").split(":")
+    return any(name in os.environ for name in USER_SETTINGS) or any(
+        entry.split("=")[0] in USER_TUNABLES for entry in tunables
+    )
 
 
 @contextlib.contextmanager
@@ -54,7 +61,9 @@ def heap_arrays(enabled: bool) -> Iterator[None]:
     if libc is None:
         yield
         return
-    libc.mallopt(M_MMAP_THRESHOLD, TRAINING_THRESHOLD)
+    if not libc.mallopt(M_MMAP_THRESHOLD, TRAINING_THRESHOLD):  # older glibc refuses more than 32 MiB: leave all as is
+        yield
+        return
     libc.mallopt(M_TRIM_THRESHOLD, TRAINING_THRESHOLD)
     try:
         yield
