@@ -22,7 +22,7 @@ MB = 1 << 20
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 
 _LOAD = """
-import ctypes, importlib.util, json, sys
+import importlib.util, json, sys
 sys.path.insert(0, {tests!r})
 import _malloc
 from _malloc import MB, heap_holds_a_64mb_array, large_arrays_are_mapped
@@ -55,7 +55,7 @@ def _observe(script: str, **env: str):
 @pytest.fixture(scope="module")
 def glibc_takes_the_threshold() -> None:
     """Skip where glibc refuses a mmap threshold above 32 MiB (older releases): heap_arrays then changes nothing."""
-    if not _observe("print(json.dumps(ctypes.CDLL('libc.so.6').mallopt(-3, _heap.TRAINING_THRESHOLD)))"):
+    if not _observe("print(json.dumps(_heap._glibc().mallopt(_heap.M_MMAP_THRESHOLD, _heap.TRAINING_THRESHOLD)))"):
         pytest.skip("this glibc refuses a mmap threshold above 32 MiB")
 
 

@@ -114,7 +114,7 @@ def _measured_row(column: pd.Series, *, mod_key: str, panel: str) -> np.ndarray:
     """
     row = column.to_numpy()
     other = ~np.isin(row, (0, 1))
-    if row.dtype != bool and other.any():
+    if other.any():
         examples = dict(zip(column.index[other][:3], row[other][:3].tolist(), strict=True))
         raise ValueError(
             f"mdata.mod[{mod_key!r}].varm['measured'][{panel!r}] holds values other than True/False "

@@ -58,10 +58,8 @@ def _user_tuned() -> bool:
 def heap_arrays(enabled: bool) -> Iterator[None]:
     """While training on the CPU with ``enabled``: large arrays from the heap (see the module's text)."""
     libc = _glibc() if enabled and not _user_tuned() else None
-    if libc is None:
-        yield
-        return
-    if not libc.mallopt(M_MMAP_THRESHOLD, TRAINING_THRESHOLD):  # older glibc refuses more than 32 MiB: leave all as is
+    # an older glibc refuses a threshold above 32 MiB (mallopt returns 0): then all is left as it is
+    if libc is None or not libc.mallopt(M_MMAP_THRESHOLD, TRAINING_THRESHOLD):
         yield
         return
     libc.mallopt(M_TRIM_THRESHOLD, TRAINING_THRESHOLD)
