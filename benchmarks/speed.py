@@ -301,7 +301,6 @@ def plan(preset: str, hardware: str, threads: int, epochs: int, h5mu_dir: str) -
         add("pengster", "multiome", 100_000, 100_000, None, variant="fast-sampled", model_kwargs=sampled)
         add("pengster", "multiome", 100_000, 100_000, None, variant="fast-sampled-bf16", model_kwargs=sampled,
             options=bf16)  # fmt: skip
-        add("pengster", "multiome", 100_000, 100_000, None, variant="fast-sparse", module_attrs={"use_sparse": True})
         add("pengster", "multiome", 100_000, 100_000, None, variant="fast-single", model_kwargs=single)
         add("pengster", "multiome", 100_000, 100_000, 4096, variant="fast-single-bs4096", model_kwargs=single)
     else:

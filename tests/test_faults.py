@@ -23,7 +23,7 @@ import pengster
 from pengster._constants import REGISTRY_KEYS
 from pengster.data import synthetic_mosaic
 from pengster.model import JointVAE
-from pengster.model._callbacks import LAST_CHECKPOINT, LAST_MODEL, FiniteLossCheck, largest_magnitudes
+from pengster.model._callbacks import LAST_CHECKPOINT, LAST_MODEL, FiniteLossCheck
 from pengster.model._save import FORMAT_VERSION, MANIFEST_NAME
 
 torch.set_num_threads(1)
@@ -214,9 +214,8 @@ def test_nan_loss_stops_training_naming_the_modality_and_the_batch():
     with pytest.raises(FloatingPointError) as excinfo:
         model.train(max_epochs=2, batch_size=32, enable_progress_bar=False)
     message = str(excinfo.value)
-    # (distribution argument checks are off while training: the NaN reaches the loss, checked before the update)
+    # (the module's distributions do not check their arguments: the NaN reaches the loss, checked before backward)
     assert "JointVAE training stopped: the loss is nan at epoch 0, step " in message
-    assert torch.distributions.Distribution._validate_args  # the checks are back on after training
     assert "its cells come from batch 'b0' (" in message and "'b1' (" in message
     # where the NaN starts comes first; the rna encoder and the atac terms stay finite
     assert "Non-finite, from where it starts: the 'protein' encoder, for 1 cells; " in message
@@ -231,39 +230,26 @@ def test_nan_loss_stops_training_naming_the_modality_and_the_batch():
 class _PoisonAt(Callback):
     """Write NaN into the protein counts of one training minibatch; keep the weights and buffers before each step."""
 
-    def __init__(self, epoch: int, batch_idx: int, *, stop_after: bool = False):
+    def __init__(self, epoch: int, batch_idx: int):
         self.at, self.started, self.before, self.validated = (epoch, batch_idx), [], {}, []
-        self.stop_after, self.seen_at_batch_end = stop_after, None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         step = (trainer.current_epoch, batch_idx)
-        if self.stop_after and step == (self.at[0], self.at[1] + 1):
-            raise RuntimeError("stopped by the user's callback")
         self.started.append(step)
         module = pl_module.module
         self.before[step] = [t.detach().clone() for t in [*module.parameters(), *module.buffers()]]
         if step == self.at:
             batch[REGISTRY_KEYS.counts("protein")].fill_(np.nan)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if (trainer.current_epoch, batch_idx) == self.at:  # what a checkpoint written here would hold
-            module = pl_module.module
-            self.seen_at_batch_end = [t.detach().clone() for t in [*module.parameters(), *module.buffers()]]
-
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         self.validated.append(trainer.current_epoch)
 
 
 @pytest.mark.parametrize(
-    ("fast", "train_size", "poisoned", "read_at"),
-    [
-        (True, 0.9, 1, "the next step"),  # the flag is read one step later: the next step has started
-        (True, 0.9, 3, "validation"),  # the last step of the epoch: read before the validation loss
-        (True, 1.0, 3, "the end of the epoch"),  # no validation
-        (False, 0.9, 1, "at once"),  # no fused optimizer to skip the update: read before it
-    ],
+    ("fast", "train_size", "poisoned"),
+    [(True, 0.9, 1), (True, 0.9, 3), (True, 1.0, 3), (False, 0.9, 1)],  # a middle or the last step of the epoch
 )
-def test_non_finite_step_leaves_the_weights_as_before_it_whenever_it_is_read(fast, train_size, poisoned, read_at):
+def test_non_finite_step_stops_at_once_with_the_weights_as_before_it(fast, train_size, poisoned):
     mdata = _mosaic()
     scvi.settings.seed = 0
     model = JointVAE(mdata, **MODEL_KWARGS)
@@ -273,31 +259,14 @@ def test_non_finite_step_leaves_the_weights_as_before_it_whenever_it_is_read(fas
         model.train(
             max_epochs=3, batch_size=32, train_size=train_size, fast=fast, enable_progress_bar=False, callbacks=[poison]
         )
-    assert poison.started[-1] == ((1, poisoned + 1) if read_at == "the next step" else (1, poisoned))
+    assert poison.started[-1] == (1, poisoned)  # no later step started
     assert 0 in poison.validated or train_size == 1.0
-    assert 1 not in poison.validated  # no validation loss computed with the step's statistics
-    # the optimizer did not apply the step (nor the one after it), and its forward pass's statistics are put back
+    assert 1 not in poison.validated
+    # the optimizer did not apply the step, and its forward pass's statistics are put back
     module = model.module
     after = [*module.parameters(), *module.buffers()]
     assert all(torch.equal(a, b) for a, b in zip(after, poison.before[(1, poisoned)], strict=True))
-    if fast:  # and before the flag is read, a checkpoint written at the end of the bad step holds that state too
-        seen = poison.seen_at_batch_end
-        assert all(torch.equal(a, b) for a, b in zip(seen, poison.before[(1, poisoned)], strict=True))
     assert not model.is_trained_
-
-
-def test_a_non_finite_step_is_still_put_back_and_reported_when_training_stops_otherwise():
-    mdata = _mosaic()
-    scvi.settings.seed = 0
-    model = JointVAE(mdata, **MODEL_KWARGS)
-    poison = _PoisonAt(1, 1, stop_after=True)  # an error in the next step, before the flag is read
-    with (
-        pytest.warns(RuntimeWarning, match=r"step at epoch 1, step \d+ \(training minibatch 1\) had a non-finite"),
-        pytest.raises(RuntimeError, match="stopped by the user's callback"),
-    ):
-        model.train(max_epochs=3, batch_size=32, enable_progress_bar=False, callbacks=[poison])
-    after = [*model.module.parameters(), *model.module.buffers()]
-    assert all(torch.equal(a, b) for a, b in zip(after, poison.before[(1, 1)], strict=True))
 
 
 def test_with_gradient_accumulation_the_error_names_the_bad_minibatch_and_restores_the_window():
@@ -325,13 +294,26 @@ def test_large_finite_gradients_do_not_stop_training():
     assert model.is_trained_
 
 
-def test_largest_magnitudes_equal_the_inf_norms_in_any_layout():
-    rng = torch.Generator().manual_seed(0)
-    tensors = [torch.randn(30, 7, generator=rng).t(), torch.randn(5, generator=rng), torch.randn(4, 6)[:, ::2]]
-    tensors += [torch.tensor([1e20, -3e38]), torch.tensor([1.0, -torch.inf]), torch.tensor([torch.nan, 2.0])]
-    expected = torch.stack([torch.linalg.vector_norm(t, torch.inf) for t in tensors])
-    torch.testing.assert_close(largest_magnitudes(tensors), expected, equal_nan=True, rtol=0, atol=0)
-    assert largest_magnitudes([torch.empty(0, 3)]).tolist() == [0.0]
+def test_non_finite_gradients_stop_training_before_the_update():
+    class Poison(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 3:
+                module = pl_module.module
+                self.before = [t.detach().clone() for t in [*module.parameters(), *module.buffers()]]
+
+        def on_after_backward(self, trainer, pl_module):
+            if trainer.global_step == 3:
+                pl_module.module.decoders["protein"].log_theta.grad[0] = torch.inf
+
+    mdata = _mosaic()
+    model = JointVAE(mdata, **MODEL_KWARGS)
+    poison = Poison()
+    where = r"non-finite gradients at epoch \d, step 3 \(training minibatch \d\) in the protein decoder \(1 tensors"
+    with pytest.raises(FloatingPointError, match=where):
+        model.train(max_epochs=2, batch_size=32, train_size=1.0, enable_progress_bar=False, callbacks=[poison])
+    after = [*model.module.parameters(), *model.module.buffers()]
+    # the weights and buffers as they were before the step (its forward pass's statistics are put back)
+    assert all(torch.equal(a, b) for a, b in zip(after, poison.before, strict=True))
 
 
 def test_non_finite_gradients_are_named_by_module():

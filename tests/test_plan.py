@@ -1,75 +1,75 @@
-"""The training plan logs scvi-tools' metrics once an epoch, with the same values as logging them every step."""
+"""The module computes without side effects; the training plan updates its running statistics in one place."""
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import numpy as np
-import pytest
 import scvi
 import torch
 
 import pengster
 from pengster.model import JointVAE
-from pengster.model._plan import EpochSums, JointTrainingPlan
+from pengster.model._device_loader import loader_from_manager
+from pengster.module._constants import MODULE_KEYS
 
 torch.set_num_threads(1)
 
-
-class _CountLogs(pl.Callback):
-    """Count ``LightningModule.log`` calls inside training steps, and keep the progress bar's metrics."""
-
-    def __init__(self, monkeypatch):
-        self.in_step, self.calls, self.bar = False, 0, {}
-        original = pl.LightningModule.log
-
-        def log(module, *args, **kwargs):
-            self.calls += self.in_step
-            return original(module, *args, **kwargs)
-
-        monkeypatch.setattr(pl.LightningModule, "log", log)
-
-    def on_train_batch_start(self, *args):
-        self.in_step = True
-
-    def on_train_batch_end(self, *args):
-        self.in_step = False
-
-    def on_train_end(self, trainer, pl_module):
-        self.bar = dict(trainer.progress_bar_metrics)
+BATCH_NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+"""torch's own batch-norm layers (in scvi-tools' decoders) keep their statistics as every torch model does."""
 
 
-def _history(monkeypatch, *, every_step: bool, callbacks=()) -> dict:
-    if every_step:  # scvi-tools' own training and validation steps, which log every metric every step
-        monkeypatch.setattr(JointTrainingPlan, "_epoch_logging", property(lambda self: False))
-    mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 90, "cite": 70}, n_genes=30, n_peaks=40, seed=0)
+def _model_and_minibatch():
+    mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 50, "cite": 40}, gene_overlap=0.8, seed=3)
     JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac", "protein": "prot"}, batch_key="batch")
     scvi.settings.seed = 0
     model = JointVAE(mdata, n_hidden=16, n_latent=4)
-    model.train(max_epochs=3, batch_size=48, enable_progress_bar=False, callbacks=list(callbacks))
-    return model.history
+    loader = loader_from_manager(
+        model.adata_manager, indices=np.arange(90), strata=np.zeros(90), batch_size=90, device="cpu", shuffle=False,
+        binary_keys=("x_atac",),
+    )  # fmt: skip
+    return model, next(iter(loader))
 
 
-def test_epoch_metrics_equal_those_logged_every_step_without_a_log_call_per_step(monkeypatch):
-    counter = _CountLogs(monkeypatch)
-    history = _history(monkeypatch, every_step=False, callbacks=[counter])
-    assert counter.calls == 0  # Lightning's log costs host time a GPU waits for
-    assert "train_loss" in counter.bar  # the progress bar still shows the loss
-    with monkeypatch.context() as patched:
-        reference = _history(patched, every_step=True)
-    keys = set(reference) - {"kl_weight"}  # logged every step, kept at every 10th step only
-    assert keys <= set(history) and {"train_loss", "validation_loss", "elbo_train", "contrastive_train"} <= keys
-    for key in sorted(keys):
-        np.testing.assert_array_equal(history[key].to_numpy(), reference[key].to_numpy(), err_msg=key)
-    assert len(history["kl_weight"]) == 3  # now one value an epoch
+def _own_buffers(module) -> dict[str, torch.Tensor]:
+    return {name: buffer.clone() for name, buffer in module.named_buffers() if not name.endswith(BATCH_NORM_STATISTICS)}
 
 
-def test_epoch_sums_weigh_by_cells_and_refuse_changing_names():
-    sums = EpochSums()
-    sums.add({"a": (torch.tensor(1.0), 10), "b": (torch.tensor(4.0), 2)})
-    sums.add({"a": (torch.tensor(3.0), 30), "b": (torch.tensor(0.0), 2)})
-    means = sums.means()
-    assert means["a"].item() == pytest.approx((10 + 90) / 40) and means["b"].item() == pytest.approx(2.0)
-    doubled = sums.means(lambda tensor, reduce_op: tensor * 2)  # two ranks with the same sums
-    assert doubled["a"].item() == pytest.approx(means["a"].item())
-    with pytest.raises(ValueError, match=r"metrics \['a'\] logged after \['a', 'b'\]"):
-        sums.add({"a": (torch.tensor(1.0), 1)})
+def test_inference_generative_and_loss_change_no_buffer_and_the_update_is_explicit():
+    model, tensors = _model_and_minibatch()
+    module = model.module.train()
+    # a fitted regression first, so that its update has moments to move
+    inference, _, _ = module(tensors)
+    module.update_running_statistics(inference)
+    before = _own_buffers(module)
+    assert {"atac_cell_factor_mean", "cell_factor_predictor.moment_xx"} <= set(before)
+    torch.manual_seed(0)
+    inference, _, loss = module(tensors, loss_kwargs={"kl_weight": 0.5})
+    loss.loss.backward()
+    for name, buffer in _own_buffers(module).items():
+        torch.testing.assert_close(buffer, before[name], rtol=0, atol=0, msg=name)
+
+    module.update_running_statistics(inference)
+    has_atac = inference[MODULE_KEYS.HAS]["atac"] > 0
+    encoded = inference[MODULE_KEYS.CELL_FACTOR][has_atac].mean()
+    expected = before["atac_cell_factor_mean"] + 0.01 * (encoded - before["atac_cell_factor_mean"])
+    torch.testing.assert_close(module.atac_cell_factor_mean, expected)
+    assert module.cell_factor_predictor.n_updates == before["cell_factor_predictor.n_updates"] + 1
+    assert not torch.equal(module.cell_factor_predictor.moment_xy, before["cell_factor_predictor.moment_xy"])
+
+
+def test_training_updates_the_running_statistics_once_per_step():
+    model, _ = _model_and_minibatch()
+    calls = []
+    original = type(model.module).update_running_statistics
+
+    def update(module, inference_outputs):
+        calls.append(module.training)
+        return original(module, inference_outputs)
+
+    type(model.module).update_running_statistics = update
+    try:
+        model.train(max_epochs=2, batch_size=32, enable_progress_bar=False, train_size=1.0)
+    finally:
+        type(model.module).update_running_statistics = original
+    assert calls == [True] * (2 * 3)  # 90 cells, minibatches of 32: 3 steps an epoch
+    assert model.module.atac_cell_factor_mean.item() != 0.5
+    assert model.module.cell_factor_predictor.fitted

@@ -7,12 +7,9 @@ import numpy as np
 import pytest
 import torch
 from scipy import sparse
-from torch.distributions import Bernoulli
 
 from pengster.model._device_loader import DeviceMinibatchLoader, _rank_share
 from pengster.model._speed import BASE_LR, auto_batch_size, scaled_lr
-from pengster.nn import FactorBernoulli, factor_bernoulli_nll
-from pengster.nn._sparse import SparseRows
 
 
 def _counts(n_cells=300, n_features=50, density=0.1, seed=0):
@@ -78,7 +75,7 @@ def test_binary_source_drops_explicit_zeros():
 
 
 @pytest.mark.parametrize("binary", [False, True])
-def test_minibatch_carries_its_nonzeros_also_from_unsorted_csr_with_repeats_and_zeros(binary):
+def test_device_rows_equal_an_unsorted_csr_with_repeats_and_zeros(binary):
     matrix = _counts(n_cells=60)
     # a CSR that is not canonical: reversed columns within rows, a repeated entry, stored zeros
     rows = np.repeat(np.arange(60), np.diff(matrix.indptr))
@@ -99,27 +96,10 @@ def test_minibatch_carries_its_nonzeros_also_from_unsorted_csr_with_repeats_and_
         seed=0, binary_keys=("x",) if binary else (),
     )  # fmt: skip
     for batch in loader:
-        dense = batch["x"]
         expected = odd.toarray()[batch["row"].numpy().ravel().astype(int)]
-        np.testing.assert_array_equal(dense.numpy(), (expected != 0) if binary else expected)
-        carried, found = SparseRows.of(dense), SparseRows.from_dense(dense)
-        assert carried is not found and carried is dense._pengster_sparse_rows[0]
-        for name in ("row", "col", "value", "offsets", "lengths"):
-            torch.testing.assert_close(getattr(carried, name), getattr(found, name), msg=name)
+        np.testing.assert_array_equal(batch["x"].numpy(), (expected != 0) if binary else expected)
     for array, kept in zip((odd.indptr, odd.indices, odd.data), before, strict=True):
         np.testing.assert_array_equal(array, kept)  # the user's matrix is untouched
-    dense.mul_(2.0)  # changed in place: the carried entries are stale and not used
-    torch.testing.assert_close(SparseRows.of(dense).value, SparseRows.from_dense(dense).value)
-
-
-def test_minibatch_carries_no_entry_that_float32_rounds_to_zero():
-    matrix = sparse.csr_matrix(np.array([[1e-50, 2.0, 0.0], [0.0, 0.0, 3.0]]))
-    loader = DeviceMinibatchLoader(
-        {"x": matrix}, {"row": np.arange(2)}, indices=np.arange(2), strata=np.zeros(2), batch_size=2, device="cpu",
-        shuffle=False,
-    )  # fmt: skip
-    carried = SparseRows.of(next(iter(loader))["x"])
-    assert carried.col.tolist() == [1, 2] and carried.value.tolist() == [2.0, 3.0]
 
 
 def test_ranks_take_equal_disjoint_shares():
@@ -139,25 +119,6 @@ def test_mosaic_strata_in_every_device_minibatch():
     )  # fmt: skip
     for batch in loader:
         assert set(strata[batch["row"].numpy().ravel().astype(int)]) == {0, 1}
-
-
-@pytest.mark.parametrize("with_mask", [False, True])
-def test_factor_bernoulli_nll_matches_torch_bernoulli(with_mask):
-    generator = torch.Generator().manual_seed(0)
-    logits = torch.randn(40, 30, generator=generator, requires_grad=True)
-    region = torch.randn(30, generator=generator)
-    cell = torch.rand(40, 1, generator=generator)
-    counts = (torch.rand(40, 30, generator=generator) < 0.2).float() * 3
-    mask = (torch.rand(40, 30, generator=generator) < 0.8).float() if with_mask else None
-    probs = (torch.sigmoid(logits) * torch.sigmoid(region) * cell).clamp(1e-6, 1 - 1e-6)
-    expected = -(Bernoulli(probs=probs).log_prob((counts > 0).float()) * (1.0 if mask is None else mask)).sum(-1)
-    got = factor_bernoulli_nll(logits, region, cell, counts, mask)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
-    (grad_expected,) = torch.autograd.grad(expected.sum(), logits)
-    (grad_got,) = torch.autograd.grad(got.sum(), logits)
-    torch.testing.assert_close(grad_got, grad_expected, rtol=1e-4, atol=1e-5)
-    px = FactorBernoulli(logits, region, cell)
-    torch.testing.assert_close(px.probs, probs)
 
 
 @pytest.mark.parametrize("likelihood", ["nb", "zinb"])
@@ -208,98 +169,6 @@ def test_speed_markdown_rewrites_the_table_and_keeps_the_notes(tmp_path, monkeyp
     text = path.read_text()
     assert text == speed.markdown([faster]) + "\nNotes: measured on an idle machine.\n"
     assert "| 250 |" in text and "| 100 |" not in text
-
-
-def test_training_step_reads_the_device_only_where_it_must(monkeypatch):
-    """Host reads of one training step on the GPU's (dense) path, counted on CPU: each would stall a GPU's queue."""
-    import traceback
-
-    import lightning.pytorch as pl
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    import pengster
-    from pengster.model import _callbacks
-    from pengster.module import _rows
-
-    host_side = ("module/_rows.py", "module/_pairs.py")  # run on host copies of the minibatch's masks
-
-    class Reads(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func._schema.name
-            masks = [a for a in args if isinstance(a, list | tuple)]
-            boolean_index = name.startswith("aten::index") and any(
-                getattr(t, "dtype", None) == torch.bool for m in masks for t in m
-            )
-            if name in ("aten::nonzero", "aten::_local_scalar_dense", "aten::equal") or boolean_index:
-                frames = [f for f in traceback.extract_stack() if "pengster" in f.filename or "/scvi/" in f.filename]
-                where = "/".join(frames[-1].filename.split("/")[-3:]) + ":" + frames[-1].name
-                if not frames[-1].filename.endswith(host_side):
-                    self.ops.append((name, where))
-            return func(*args, **(kwargs or {}))
-
-    reads = Reads()
-    read_back = []
-    original = _rows.host_copy
-    counting = []
-    flags = {"made": [], "read": []}  # the finiteness flags made and read on the host, by step
-    made, read = _callbacks._HostFlag.__init__, _callbacks._HostFlag.__bool__
-
-    def make_flag(self, flag):
-        flags["made"].append((len(counting), self))
-        made(self, flag)
-
-    def read_flag(self):
-        flags["read"].append((len(counting), self))
-        return read(self)
-
-    monkeypatch.setattr(_callbacks._HostFlag, "__init__", make_flag)
-    monkeypatch.setattr(_callbacks._HostFlag, "__bool__", read_flag)
-
-    def host_copy(value):
-        if counting:
-            read_back.append(getattr(value, _rows._HOST, None) is None)
-        return original(value)
-
-    monkeypatch.setattr(_rows, "host_copy", host_copy)
-
-    class Count(pl.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if batch_idx == 1:
-                counting.append(True)
-                reads.__enter__()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if batch_idx == 1:
-                reads.__exit__(None, None, None)
-                counting.clear()
-
-    mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 60, "cite": 40}, n_genes=30, n_peaks=40, seed=0)
-    pengster.model.JointVAE.setup_mudata(
-        mdata, modalities={"rna": "rna", "atac": "atac", "protein": "prot"}, batch_key="batch"
-    )
-    model = pengster.model.JointVAE(mdata, n_hidden=16, n_latent=4)
-    model.module.use_sparse = False
-    model.train(max_epochs=1, batch_size=48, accelerator="cpu", enable_progress_bar=False, callbacks=[Count()])
-    # the masks of which cell measured what come with the minibatch (the device loader attaches their host copy)
-    assert read_back == [False] * 3
-    # pengster's own: 1 read of a finiteness flag of loss and gradients; no row selection by modality, no argument
-    # check of torch.distributions (off while training) or of the protein counts' support, no boolean mask.
-    # scvi-tools': one_hot of the categories in each network (a read on CPU only: on CUDA one_hot relies on device
-    # asserts).
-    scvi = ["scvi/nn/_base_components.py:forward"]
-    assert [op for op in reads.ops if op[1] not in scvi] == [
-        ("aten::_local_scalar_dense", "pengster/model/_callbacks.py:__bool__")
-    ], reads.ops
-    # and the flag read in step 1 is step 0's: a GPU's queue never waits for the step it is running
-    made_in_step_1 = [flag for step, flag in flags["made"] if step == 1]
-    read_in_step_1 = [flag for step, flag in flags["read"] if step == 1]
-    assert len(made_in_step_1) == len(read_in_step_1) == 1 and read_in_step_1[0] is not made_in_step_1[0]
-    assert any(read_in_step_1[0] is flag for step, flag in flags["made"][:1] if step == 0)
-    assert {where for _, where in reads.ops} >= set(scvi)  # (the filter above names real places)
 
 
 def test_speed_trace_writes_the_profile_of_the_chosen_steps(tmp_path, monkeypatch):

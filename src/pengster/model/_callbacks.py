@@ -7,7 +7,6 @@ and a clean KeyboardInterrupt.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -23,7 +22,6 @@ from scvi.train import SaveCheckpoint
 
 from pengster._constants import REGISTRY_KEYS
 from pengster.module._alignment import contrastive_loss
-from pengster.nn._sparse import is_column_major
 
 logger = logging.getLogger(__name__)
 
@@ -32,23 +30,6 @@ LAST_CHECKPOINT = "last.ckpt"
 
 LAST_MODEL = "last_model"
 """A JointVAE folder (:meth:`~pengster.model.JointVAE.save` format) of the same epoch, for ``JointVAE.load``."""
-
-
-def largest_magnitudes(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Each tensor's largest magnitude (NaN or inf iff some entry is; an L2 norm would overflow from 1e19).
-
-    One pass per tensor, in storage order: on CPU ``torch.linalg.vector_norm(g, inf)`` took 15 ms on a 20000 x 256
-    gradient (and 10 ms for ``aminmax`` over its transpose), ``aminmax`` over the contiguous storage 1.4 ms.
-    """
-    extremes = [torch.aminmax(_storage_order(t)) if t.numel() else (t.new_zeros(()),) * 2 for t in tensors]
-    lows, highs = zip(*extremes, strict=True)
-    return torch.maximum(torch.stack(lows).abs(), torch.stack(highs).abs())
-
-
-def _storage_order(tensor: torch.Tensor) -> torch.Tensor:
-    if is_column_major(tensor):
-        return tensor.t()  # the column-major encoder weights' gradients
-    return tensor
 
 
 def step_seed(base_seed: int, epoch: int, batch_index: int, rank: int = 0) -> int:
@@ -80,16 +61,8 @@ class StepSeed(Callback):
             loader.set_epoch(trainer.current_epoch)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        """Seed torch (the CPU and every initialised GPU; all devices elsewhere) for this step."""
-        seed = step_seed(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank)
-        if getattr(getattr(pl_module, "device", None), "type", None) not in ("cpu", "cuda"):
-            torch.manual_seed(seed)
-            return
-        # the generators torch.manual_seed seeds for a CPU or CUDA run, without its per-call cost (0.2 ms of host time
-        # a step: on a process without CUDA it formats a stack trace for CUDA's lazy initialisation every call)
-        torch.default_generator.manual_seed(seed)
-        if torch.cuda.is_initialized():
-            torch.cuda.manual_seed_all(seed)
+        """Seed torch for this step."""
+        torch.manual_seed(step_seed(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))
 
     def state_dict(self) -> dict:
         """The seed, saved with a checkpoint."""
@@ -108,65 +81,14 @@ class StepSeed(Callback):
         self.seed = int(state_dict["seed"])
 
 
-class _HostFlag:
-    """A device boolean on its way to the host: the copy is queued now and read later.
-
-    On a GPU the value is copied into pinned memory behind the work queued so far on its device's stream, and reading
-    it waits for that copy only, not for the work queued after it (``bool(tensor)`` would wait for the whole queue).
-    Elsewhere the tensor itself is read.
-    """
-
-    def __init__(self, flag: torch.Tensor):
-        self._event = None
-        self._value = flag
-        if flag.device.type == "cuda":
-            with torch.cuda.device(flag.device):
-                self._value = torch.empty(flag.shape, dtype=flag.dtype, pin_memory=True)
-                self._value.copy_(flag, non_blocking=True)
-                self._event = torch.cuda.Event()
-                self._event.record(torch.cuda.current_stream(flag.device))
-
-    def __bool__(self) -> bool:
-        if self._event is not None:
-            self._event.synchronize()
-        return bool(self._value)
-
-
-@dataclasses.dataclass
-class _Step:
-    """An optimizer step left to check: whether it is finite (on its way to the host), and what names its faults."""
-
-    bad: _HostFlag
-    checked: torch.Tensor  # the gradients' largest magnitudes, then the loss of each minibatch
-    names: list[str]  # the gradients' parameter names
-    minibatches: list[tuple[Mapping[str, torch.Tensor], int]]  # (minibatch, index) of each loss, in order
-    epoch: int
-    global_step: int
-
-    def where(self, position: int | None = None) -> str:
-        """'epoch e, step s (training minibatch i)', of one minibatch or of them all."""
-        indices = [index for _, index in self.minibatches]
-        if position is not None:
-            indices = indices[position : position + 1]
-        where = f"epoch {self.epoch}, step {self.global_step}"
-        if not indices:
-            return where
-        which = f"minibatch {indices[0]}" if len(indices) == 1 else f"minibatches {indices[0]}-{indices[-1]}"
-        return f"{where} (training {which})"
-
-
 class FiniteLossCheck(Callback):
-    """Stop training with :class:`FloatingPointError` when a loss or gradient is NaN or infinite.
+    """Stop training with :class:`FloatingPointError` at the first NaN or infinite loss or gradient, before the update.
 
-    The loss and the gradients are checked together before the optimizer step, so the weights are never updated
-    with a non-finite loss. With a fused optimizer (``train(fast=True)``), nothing waits for the check: the
-    optimizer's kernel skips the update of a non-finite step on the device (its ``found_inf`` flag, as with a
-    gradient scaler), the buffers the step's forward pass changed (batch-norm statistics) are put back on the device,
-    and the flag is read on the host at the next step, the next validation or the end of the epoch, so a GPU's queue
-    never drains for it (the minibatch is kept until then, to diagnose it). Otherwise the flag is read at once (one
-    device-to-host copy a step). The error names the minibatch (epoch, step), the batch categories of its cells, and
-    which part is non-finite: a modality's encoder or reconstruction, the KL term, the contrastive term, or the
-    model's parameters.
+    The loss is checked before its backward pass and the gradients before the optimizer step (one device read each),
+    so the optimizer never applies a non-finite step. The module's buffers that the step's forward passes changed
+    (batch-norm and running statistics) are put back as they were before it. The error names the minibatch (epoch,
+    step), the batch categories of its cells, and where the non-finite values start: a modality's encoder or
+    reconstruction, the KL term, the contrastive term, or the model's parameters.
 
     Parameters
     ----------
@@ -176,128 +98,69 @@ class FiniteLossCheck(Callback):
 
     def __init__(self, batch_categories: Sequence[str]):
         self.batch_categories = [str(category) for category in batch_categories]
-        self._module = None
-        self._pending: _Step | None = None
-        # the minibatches and losses since the last optimizer step (several with accumulate_grad_batches)
+        # the minibatches since the last optimizer step (several with accumulate_grad_batches), and where it started
         self._minibatches: list[tuple[Mapping[str, torch.Tensor], int]] = []
-        self._losses: list[torch.Tensor] = []
-        self._start = (0, 0)  # epoch and global step of the first of them
-        # the module's buffers (batch-norm statistics, running factors) before an optimizer step's minibatches; one
-        # copy serves a step checked later too: a bad step's changes are put back on the device before the next starts
+        self._start = (0, 0)
         self._buffers: list[torch.Tensor] = []
         self._saved: list[torch.Tensor] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         """Remember the minibatch and, before an optimizer step's first one, the module's buffers."""
-        self._module = pl_module.module
         accumulate = max(1, int(getattr(trainer, "accumulate_grad_batches", 1) or 1))
         if batch_idx % accumulate and self._minibatches:
             self._minibatches.append((batch, batch_idx))
             return
-        self._minibatches, self._losses = [(batch, batch_idx)], []
+        self._minibatches = [(batch, batch_idx)]
         self._start = (trainer.current_epoch, trainer.global_step)
-        buffers = list(pl_module.module.buffers())
-        saved = self._saved
-        if [(b.shape, b.dtype, b.device) for b in buffers] == [(b.shape, b.dtype, b.device) for b in saved] and buffers:
-            torch._foreach_copy_(saved, buffers)  # one copy, no GPU sync
-        else:
-            saved = [b.detach().clone() for b in buffers]
-        self._buffers, self._saved = buffers, saved
+        self._buffers = list(pl_module.module.buffers())
+        self._saved = [buffer.detach().clone() for buffer in self._buffers]
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
-        """Keep the loss, to check it with the gradients before the optimizer step."""
-        self._losses.append(loss.detach().float().reshape(()))
+        """Raise for a non-finite loss, naming its minibatch and where the non-finite values start."""
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        self._restore()
+        batch, index = self._minibatches[-1]
+        parts = diagnose(pl_module.module, batch)
+        raise FloatingPointError(
+            f"JointVAE training stopped: the loss is {loss.detach().float().item()} at {self._where([index])}; "
+            f"{self._cells_phrase(batch)}. Non-finite, from where it starts: "
+            f"{'; '.join(parts) or 'the total only (terms were finite recomputed)'}. Check those cells' counts, "
+            "or lower the learning rate (plan_kwargs={'lr': 1e-4}). The weights and running statistics are those "
+            "before this minibatch; the model is not marked trained."
+        )
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        """Keep a non-finite loss or gradient from the weights; raise for it now, or at the next step."""
+        """Raise for non-finite gradients, naming the parameters, before the optimizer applies them."""
         named = [(name, p.grad) for name, p in pl_module.module.named_parameters() if p.grad is not None]
-        checked = [largest_magnitudes([g for _, g in named])] if named else []
-        checked += [loss.reshape(1) for loss in self._losses]
-        if not checked:
+        if not named:
             return
-        checked = torch.cat(checked)
-        bad = ~torch.isfinite(checked).all()
-        epoch, global_step = self._start
-        minibatches = self._minibatches[-len(self._losses) :] if self._losses else self._minibatches
-        step = _Step(_HostFlag(bad), checked, [n for n, _ in named], minibatches, epoch, global_step)
-        self._losses = []
-        fused = isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) and optimizer.defaults.get("fused")
-        if not fused:
-            self._settle(step)
+        finite = torch.stack([torch.isfinite(grad).all() for _, grad in named]).tolist()
+        if all(finite):
             return
-        optimizer.found_inf = bad.float()  # the fused kernel leaves weights, moments and step count as they are
-        # the buffers go back on the device, so nothing (a checkpoint) sees the step's statistics; written through
-        # .data, which keeps their version counters (batch norm's kernel does not count its own updates either, and
-        # the checks cached on a buffer's version, such as nn._fused._all_ones on the mask tables, stay valid)
-        with torch.no_grad():
-            for buffer, saved in zip(self._buffers, self._saved, strict=True):
-                torch.where(bad, saved, buffer.data, out=buffer.data)
-        previous, self._pending = self._pending, step
-        if previous is not None:
-            self._settle(previous)
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        """Check the last training step before the validation loss is computed."""
-        self._settle_pending()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        """Check the last training step of the epoch (before checkpoints and learning-rate schedules)."""
-        self._settle_pending()
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        """Check the last training step."""
-        self._settle_pending()
-
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        """Training stopped for another reason: still say whether the step before it was skipped as non-finite."""
-        step, self._pending = self._pending, None
-        if step is not None and step.bad:
-            self._restore()
-            warnings.warn(
-                f"JointVAE training: the optimizer step at {step.where()} had a non-finite loss or gradients and was "
-                f"skipped before training stopped ({type(exception).__name__}).",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-
-    def _settle_pending(self) -> None:
-        step, self._pending = self._pending, None
-        if step is not None:
-            self._settle(step)
+        self._restore()
+        bad = [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
+        batch = self._minibatches[-1][0] if self._minibatches else None
+        raise FloatingPointError(
+            f"JointVAE training stopped: non-finite gradients at {self._where([i for _, i in self._minibatches])} in "
+            f"{_modules_phrase(bad)} ({len(bad)} tensors, e.g. {bad[:3]}); {self._cells_phrase(batch)}. Lower the "
+            "learning rate (plan_kwargs={'lr': 1e-4}) or check the counts of that modality. The weights and running "
+            "statistics are those before this minibatch."
+        )
 
     def _restore(self) -> None:
-        if self._buffers and self._saved:
-            with torch.no_grad():
-                torch._foreach_copy_(self._buffers, self._saved)
+        with torch.no_grad():
+            for buffer, saved in zip(self._buffers, self._saved, strict=True):
+                buffer.copy_(saved)
 
-    def _settle(self, step: _Step) -> None:
-        """Raise if the step was not finite, after putting back the buffers its forward passes had changed."""
-        if not step.bad:
-            return
-        self._pending = None
-        self._restore()
-        values = step.checked.cpu()
-        losses = values[len(step.names) :]
-        bad_losses = [position for position, loss in enumerate(losses.tolist()) if not np.isfinite(loss)]
-        if bad_losses:
-            first = bad_losses[0]
-            batch = step.minibatches[first][0]
-            parts = diagnose(self._module, batch)
-            raise FloatingPointError(
-                f"JointVAE training stopped: the loss is {losses[first].item()} at {step.where(first)}; "
-                f"{self._cells_phrase(batch)}. Non-finite, from where it starts: "
-                f"{'; '.join(parts) or 'the total only (terms were finite recomputed)'}. Check those cells' counts, "
-                "or lower the learning rate (plan_kwargs={'lr': 1e-4}). The weights and running statistics are those "
-                "before this minibatch; the model is not marked trained."
-            )
-        bad = [name for name, value in zip(step.names, values.tolist(), strict=False) if not np.isfinite(value)]
-        batch = step.minibatches[-1][0] if step.minibatches else None
-        raise FloatingPointError(
-            f"JointVAE training stopped: non-finite gradients at {step.where()} in {_modules_phrase(bad)} "
-            f"({len(bad)} tensors, e.g. {bad[:3]}); {self._cells_phrase(batch)}. Lower the learning rate "
-            "(plan_kwargs={'lr': 1e-4}) or check the counts of that modality. The weights and running statistics are "
-            "those before this minibatch."
-        )
+    def _where(self, indices: Sequence[int]) -> str:
+        """'epoch e, step s (training minibatch i)'."""
+        epoch, global_step = self._start
+        where = f"epoch {epoch}, step {global_step}"
+        if not indices:
+            return where
+        which = f"minibatch {indices[0]}" if len(indices) == 1 else f"minibatches {indices[0]}-{indices[-1]}"
+        return f"{where} (training {which})"
 
     def _cells_phrase(self, batch: Mapping[str, torch.Tensor] | None) -> str:
         if batch is None:
@@ -331,40 +194,37 @@ def diagnose(module, tensors: Mapping[str, torch.Tensor]) -> list[str]:
     if bad_parameters:
         parts.append(f"parameters of {_modules_phrase(bad_parameters)} (e.g. {bad_parameters[:2]})")
     was_training = module.training
-    validate = torch.distributions.Distribution._validate_args
-    # let NaN flow through the distributions, to see where it starts instead of where it is first rejected
-    torch.distributions.Distribution.set_default_validate_args(False)
     module.eval()
     try:
-        inference, generative = module.forward(tensors, compute_loss=False)
-        has = inference["has"]
-        for modality, (mean, variance) in inference["experts"].items():
-            rows = has[modality] > 0
-            bad = ~(torch.isfinite(mean) & torch.isfinite(variance)).all(-1) & rows
-            if bad.any():
-                parts.append(f"the {modality!r} encoder, for {int(bad.sum())} cells")
-        panel = tensors[REGISTRY_KEYS.PANEL].long().to(module.device)
-        for modality, output in generative["px"].items():
-            if output is None:
-                continue
-            _, cell, _ = generative["pairs"][modality]
-            target = tensors[REGISTRY_KEYS.counts(modality)].to(module.device)[cell].float()
-            if modality == "atac" and module.decoders["atac"].likelihood == "bernoulli":
-                target = (target > 0).float()
-            log_prob = output[0].log_prob(target) * module.feature_mask(modality, panel[cell])
-            bad_cells = torch.unique(cell[~torch.isfinite(log_prob).all(-1)])
-            if bad_cells.numel():
-                parts.append(f"the {modality!r} reconstruction, for {bad_cells.numel()} cells")
-        qz = inference["qz"]
-        if not (torch.isfinite(qz.loc).all() and torch.isfinite(qz.scale).all()):
-            parts.append("the KL term (posterior)")
-        if not torch.isfinite(contrastive_loss(module, inference["experts"], has)):
-            parts.append("the contrastive term")
+        with warnings.catch_warnings():
+            # scvi-tools' likelihoods warn of counts outside their support: the counts being diagnosed
+            warnings.simplefilter("ignore", UserWarning)
+            inference, generative = module.forward(tensors, compute_loss=False)
+            has = inference["has"]
+            for modality, (mean, variance) in inference["experts"].items():
+                rows = has[modality] > 0
+                bad = ~(torch.isfinite(mean) & torch.isfinite(variance)).all(-1) & rows
+                if bad.any():
+                    parts.append(f"the {modality!r} encoder, for {int(bad.sum())} cells")
+            panel = tensors[REGISTRY_KEYS.PANEL].long().to(module.device)
+            for modality, output in generative["px"].items():
+                if output is None:
+                    continue
+                _, cell, _ = generative["pairs"][modality]
+                target = tensors[REGISTRY_KEYS.counts(modality)].to(module.device)[cell].float()
+                log_prob = output[0].log_prob(target) * module.feature_mask(modality, panel[cell])
+                bad_cells = torch.unique(cell[~torch.isfinite(log_prob).all(-1)])
+                if bad_cells.numel():
+                    parts.append(f"the {modality!r} reconstruction, for {bad_cells.numel()} cells")
+            qz = inference["qz"]
+            if not (torch.isfinite(qz.loc).all() and torch.isfinite(qz.scale).all()):
+                parts.append("the KL term (posterior)")
+            if not torch.isfinite(contrastive_loss(module, inference["experts"], has)):
+                parts.append("the contrastive term")
     except Exception as error:  # noqa: BLE001 - the diagnosis must never hide the original problem
         parts.append(f"(the diagnosis itself failed: {type(error).__name__}: {error})")
     finally:
         module.train(was_training)
-        torch.distributions.Distribution.set_default_validate_args(validate)
     return parts
 
 
@@ -430,18 +290,13 @@ def training_callbacks(model, checkpoint_dir: str | os.PathLike | None, callback
 
 @contextlib.contextmanager
 def training_guard(checkpoint_dir: str | os.PathLike | None) -> Iterator[None]:
-    """Turn what escapes from Lightning into errors that say what happened.
+    """Turn Lightning's answer to Ctrl-C into a KeyboardInterrupt that says how to resume.
 
-    - Lightning answers Ctrl-C with ``sys.exit(1)`` and leaves SIGINT ignored (a dead Ctrl-C in a notebook): raise
-      KeyboardInterrupt instead, and restore the handler. The model keeps the weights it had when interrupted.
-    - torch.distributions' argument checks are off while training: each is a device-to-host copy (a GPU sync, 14 per
-      step), and NaN parameters reach the loss, where :class:`FiniteLossCheck` stops training before the update and
-      names where the NaN starts.
+    Lightning answers Ctrl-C with ``sys.exit(1)`` and leaves SIGINT ignored (a dead Ctrl-C in a notebook): the
+    handler the process had before training is put back. The model keeps the weights it had when interrupted.
     """
     on_main_thread = threading.current_thread() is threading.main_thread()
     handler = signal.getsignal(signal.SIGINT) if on_main_thread else None
-    validate = torch.distributions.Distribution._validate_args
-    torch.distributions.Distribution.set_default_validate_args(False)
     try:
         yield
     except SystemExit as error:
@@ -455,6 +310,5 @@ def training_guard(checkpoint_dir: str | os.PathLike | None) -> Iterator[None]:
         )
         raise KeyboardInterrupt(f"JointVAE training interrupted; the model is not marked trained; {where}.") from None
     finally:
-        torch.distributions.Distribution.set_default_validate_args(validate)
         if on_main_thread and handler is not None:
             signal.signal(signal.SIGINT, handler)

@@ -21,9 +21,6 @@ import numpy as np
 import torch
 from scipy import sparse
 
-from pengster.module._rows import attach_host
-from pengster.nn._sparse import SparseRows, attach
-
 from ._sampler import MosaicBatchSampler
 
 logger = logging.getLogger(__name__)
@@ -139,14 +136,8 @@ class DeviceBlock:
             return
         self.dense = None
         indptr, indices, values = [np.zeros(1, dtype=np.int64)], [], []
-        # on CPU, where the module takes its sparse path, rows are kept in canonical CSR form (sorted columns, no
-        # repeats, no stored zeros: the same dense rows), so a minibatch's entries are exactly its nonzeros and
-        # travel with the dense rows (nn._sparse.attach)
-        self.attach = device.type == "cpu"
         for a, b in spans:
             part_indptr, part_indices, part_values = source.read(a, b)
-            if self.attach:
-                part_indptr, part_indices, part_values = _canonical(part_indptr, part_indices, part_values, self.n_cols)
             indptr.append(part_indptr[1:] + indptr[-1][-1])
             indices.append(_put(part_indices, np.int32, device, pin))
             values.append(None if part_values is None else _put(part_values, np.float32, device, pin))
@@ -176,33 +167,7 @@ class DeviceBlock:
         out = torch.zeros(len(rows_host) * self.n_cols, device=rows.device)
         # binary: a repeated entry is still 1
         out = out.index_fill_(0, flat, 1.0) if self.values is None else out.scatter_add_(0, flat, values)
-        dense = out.view(len(rows_host), self.n_cols)
-        if self.attach:
-            offsets = torch.cumsum(lengths, 0) - lengths
-            attach(dense, SparseRows(row_of_entry, col, values, offsets, lengths, len(rows_host), self.n_cols))
-        return dense
-
-
-def _canonical(indptr: np.ndarray, indices, values, n_cols: int) -> tuple:
-    """CSR rows ``(indptr, indices, values or None)`` with increasing columns, no repeats, no stored zeros.
-
-    Returned as they are when they already are so; else a sorted, summed copy (the caller's arrays are never
-    changed).
-    """
-    indices = np.asarray(indices)
-    step = np.diff(indices.astype(np.int64))
-    # the step from a row's last entry to the next row's first does not count
-    boundaries = np.asarray(indptr[1:-1], dtype=np.int64) - 1
-    increasing = step > 0
-    increasing[boundaries[(boundaries >= 0) & (boundaries < len(step))]] = True
-    # zeros as stored on the device (float32: a tiny value can round to 0)
-    if increasing.all() and (values is None or np.all(np.asarray(values, dtype=np.float32) != 0)):
-        return indptr, indices, values
-    data = np.ones(len(indices), np.float32) if values is None else np.array(values, dtype=np.float32)
-    matrix = sparse.csr_matrix((data, indices.copy(), np.array(indptr)), shape=(len(indptr) - 1, n_cols))
-    matrix.sum_duplicates()
-    matrix.eliminate_zeros()
-    return matrix.indptr.astype(np.int64), matrix.indices, None if values is None else matrix.data
+        return out.view(len(rows_host), self.n_cols)
 
 
 def _put(array: np.ndarray, dtype, device: torch.device, pin: bool) -> torch.Tensor:
@@ -335,10 +300,8 @@ class DeviceMinibatchLoader:
         global_rows = torch.from_numpy(batch_rows)
         global_rows = global_rows.pin_memory().to(self.device, non_blocking=True) if self.pin else global_rows
         out = {key: block.rows(local, rows) for key, block in blocks.items()}
-        host_rows = torch.from_numpy(batch_rows)
         for key, value in self._obs_device.items():
-            # with its host copy, so that the module picks its rows without reading the device (module._rows)
-            out[key] = attach_host(value.index_select(0, global_rows), self.obs[key].index_select(0, host_rows))
+            out[key] = value.index_select(0, global_rows)
         return out
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

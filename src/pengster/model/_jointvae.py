@@ -19,7 +19,7 @@ from pengster.module._bridge import needs_bridge
 
 from . import _callbacks, _checks, _outputs, _query, _save, _setup, _speed
 from ._plan import JointTrainingPlan
-from ._sampler import MosaicDataSplitter
+from ._splitter import MosaicDataSplitter
 
 logger = logging.getLogger(__name__)
 
@@ -258,13 +258,12 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         a quarter of ``max_epochs`` (at most 50 epochs), minibatches holding every dataset, and for a query model
         (:meth:`load_query_data`) no weight decay. ``accelerator``, ``devices`` and ``strategy`` go to Lightning.
 
-        Each training step is seeded from ``(scvi.settings.seed, epoch, minibatch)``; a NaN or infinite loss stops
-        training with a :class:`FloatingPointError` naming the modality and the minibatch, and its update is never
-        applied (with ``fast``, the fused optimizer skips it on the device and the error comes at the next step, so
-        that no step waits for the check). The metrics in ``history`` are logged once an epoch. With ``checkpoint_dir``,
-        every epoch writes ``<checkpoint_dir>/last.ckpt`` and ``<checkpoint_dir>/last_model/`` (loadable with
-        :meth:`load`); an interrupted run resumes, to the same result on CPU, with
-        ``model.train(..., checkpoint_dir=d, ckpt_path=f"{d}/last.ckpt")`` on a model built with the same arguments.
+        Each training step is seeded from ``(scvi.settings.seed, epoch, minibatch)``; a NaN or infinite loss or gradient
+        stops training with a :class:`FloatingPointError` naming the minibatch and where the non-finite values start,
+        and its update is never applied. With ``checkpoint_dir``, every epoch writes ``<checkpoint_dir>/last.ckpt``
+        and ``<checkpoint_dir>/last_model/`` (loadable with :meth:`load`); an interrupted run resumes, to the same
+        result on CPU, with ``model.train(..., checkpoint_dir=d, ckpt_path=f"{d}/last.ckpt")`` on a model built with
+        the same arguments. Training leaves torch's settings and the process's signal handlers as it found them.
 
         Parameters
         ----------
@@ -282,13 +281,10 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             Passed to scvi-tools' ``TrainingPlan`` (e.g. ``lr``, ``weight_decay``).
         fast
             Minibatches gathered on the training device from the CSR matrices (the whole matrix on the GPU when it
-            fits, else read in contiguous chunks in shuffled order, also from a backed h5mu), TF32 matrix
-            products and a compiled ATAC likelihood on GPUs, fused Adam; on CPU the RNA/ATAC encoders read only
-            the nonzero counts (same values, see ``JointVAEModule.use_sparse``) and, with glibc, large arrays are
-            kept in the heap between steps (``pengster.model._heap``; restored after training).
-            False: scvi-tools' loader, minibatches of 256 and the dense reference computation. Either way training
-            is in float32 unless ``precision="bf16-mixed"`` is passed (bf16 autocast: the layers run in bf16, the
-            likelihoods and the loss in float32; for GPUs with bf16 support).
+            fits, else read in contiguous chunks in shuffled order, also from a backed h5mu), and the automatic
+            minibatch size and learning rate above. False: scvi-tools' loader and minibatches of 256. Either way
+            training is in float32 unless ``precision="bf16-mixed"`` is passed (bf16 autocast: the layers run in
+            bf16, the likelihoods and the loss in float32; for GPUs with bf16 support).
         data_on_device
             Keep the whole count matrices on the device (True), read them in chunks (False), or decide from the
             free GPU memory (None).
@@ -329,10 +325,7 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             trainer_kwargs=kwargs,
         )
         kwargs["callbacks"] = _callbacks.training_callbacks(self, checkpoint_dir, kwargs.get("callbacks"))
-        with (
-            _speed.fast_context(fast, accelerator=kwargs.get("accelerator", "auto"), module=self.module),
-            _callbacks.training_guard(checkpoint_dir),
-        ):
+        with _callbacks.training_guard(checkpoint_dir):
             return super().train(
                 max_epochs=max_epochs,
                 batch_size=batch_size,

@@ -1,14 +1,8 @@
-"""The fast training path of :meth:`pengster.model.JointVAE.train`: device loader, batch size and LR rule, precision."""
+"""Training options of :meth:`pengster.model.JointVAE.train`: device loader, batch size and LR rule, precision."""
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
-
-import torch
-
-from ._heap import heap_arrays
 
 BASE_BATCH_SIZE = 256
 """Minibatch size of small datasets, and the size the learning rate rule is relative to."""
@@ -69,12 +63,6 @@ def check_precision(precision, plugins=None) -> None:
         )
 
 
-def _on_cuda(accelerator: str | None) -> bool:
-    if accelerator in ("cpu",):
-        return False
-    return torch.cuda.is_available() and accelerator in (None, "auto", "gpu", "cuda")
-
-
 def speed_options(
     *,
     n_cells: int,
@@ -100,37 +88,8 @@ def speed_options(
     plan_kwargs.setdefault("lr", BASE_LR)
     trainer_kwargs = dict(trainer_kwargs)
     if fast:
-        plan_kwargs.setdefault("fused_optimizer", True)
         splitter = dict(trainer_kwargs.pop("datasplitter_kwargs", None) or {})
         loader = {"resident": data_on_device, "chunk_cells": chunk_cells, "binary_keys": binary_keys}
         splitter.setdefault("device_loader", loader)
         trainer_kwargs["datasplitter_kwargs"] = splitter
     return batch_size, plan_kwargs, trainer_kwargs
-
-
-@contextlib.contextmanager
-def fast_context(enabled: bool, *, accelerator: str | None, module=None) -> Iterator[None]:
-    """The process-wide switches of the fast path: with ``enabled``, GPU or CPU ones while training.
-
-    On a GPU TF32 matrix products and the compiled ATAC likelihood; on the CPU large arrays kept in the heap
-    (:mod:`pengster.model._heap`). All are process-wide switches, restored afterwards. Without ``enabled``,
-    ``module`` (a :class:`~pengster.module.JointVAEModule`) trains on its dense reference path (``use_sparse = False``).
-    """
-    from pengster.nn import FactorBernoulli
-
-    on_gpu = enabled and _on_cuda(accelerator)
-    previous = torch.get_float32_matmul_precision(), FactorBernoulli.compile
-    previous_sparse = getattr(module, "use_sparse", None)
-    if module is not None and not enabled:
-        module.use_sparse = False
-    if on_gpu:
-        torch.set_float32_matmul_precision("high")
-        FactorBernoulli.compile = True
-    try:
-        with heap_arrays(enabled and not on_gpu):
-            yield
-    finally:
-        torch.set_float32_matmul_precision(previous[0])
-        FactorBernoulli.compile = previous[1]
-        if module is not None and not enabled:
-            module.use_sparse = previous_sparse

@@ -8,7 +8,7 @@ import torch
 
 from pengster.nn import group_mmd, symmetric_info_nce
 
-from ._rows import MeasuredRows
+from ._pairs import measured_rows
 
 
 def mixing_loss(module, joint_mean: torch.Tensor, panel: torch.Tensor) -> torch.Tensor:
@@ -18,21 +18,22 @@ def mixing_loss(module, joint_mean: torch.Tensor, panel: torch.Tensor) -> torch.
     return group_mmd(joint_mean, panel)
 
 
-def contrastive_loss(module, experts, has, measured: MeasuredRows | None = None) -> torch.Tensor:
+def contrastive_loss(module, experts, has, rows=None) -> torch.Tensor:
     """Symmetric InfoNCE of the projected expert means, summed over the pairs of modalities, on the cells with both.
 
-    ``module`` is a :class:`~pengster.module.JointVAEModule`; ``experts`` and ``has`` as in its ``inference``.
+    ``module`` is a :class:`~pengster.module.JointVAEModule`; ``experts``, ``has`` and ``rows`` (modality -> indices of
+    the cells that measured it; computed from ``has`` when not given) as in its ``inference``.
     """
     total = next(iter(experts.values()))[0].new_zeros(())
     if module.contrastive_weight == 0:
         return total
     scale = module.logit_scale()
-    measured = measured or MeasuredRows(has)
+    rows = rows or measured_rows(has)
     for left, right in itertools.combinations(module.modalities, 2):
-        rows = measured.of(left, right)
-        if rows.numel() < 2:
+        both = rows[left][has[right][rows[left]] > 0]
+        if both.numel() < 2:
             continue
-        embed_left = module.projection_heads[left](experts[left][0][rows]).float()
-        embed_right = module.projection_heads[right](experts[right][0][rows]).float()
+        embed_left = module.projection_heads[left](experts[left][0][both]).float()
+        embed_right = module.projection_heads[right](experts[right][0][both]).float()
         total = total + symmetric_info_nce(embed_left, embed_right, scale)
     return total

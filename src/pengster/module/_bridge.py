@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from pengster.nn import product_of_experts
+from pengster.nn import encoder_moments, product_of_experts
 
 from ._inputs import rna_encoder_input
 
@@ -39,7 +39,7 @@ def alignment_kl(joint: Normal, bridge: Normal, has_rna: torch.Tensor) -> torch.
 
     The bridge posterior is detached: this term moves the joint posterior only.
     """
-    target = Normal(bridge.loc.detach(), bridge.scale.detach())
+    target = Normal(bridge.loc.detach(), bridge.scale.detach(), validate_args=False)
     return kl_divergence(joint, target).sum(-1) * has_rna.float()
 
 
@@ -56,7 +56,7 @@ def bridge_posterior(
     rows = has_rna.nonzero().view(-1) if rows is None else rows
     if rows.numel() > 0:
         mask = module.bridge_mask * module.feature_mask("rna", panel[rows])
-        qz, _ = module.bridge_encoder(rna_encoder_input(x_rna[rows].float(), mask))
-        mean = mean.index_copy(0, rows, qz.loc.float())
-        variance = variance.index_copy(0, rows, qz.scale.float().pow(2))
+        own_mean, own_variance = encoder_moments(module.bridge_encoder, rna_encoder_input(x_rna[rows].float(), mask))
+        mean = mean.index_copy(0, rows, own_mean)
+        variance = variance.index_copy(0, rows, own_variance)
     return product_of_experts([mean], [variance], [has_rna.float()])

@@ -20,22 +20,23 @@ from pengster.nn import (
     ProjectionHead,
     ProteinDecoder,
     RNADecoder,
+    encoder_moments,
     product_of_experts,
-    reconstruction_nll,
 )
-from pengster.nn._fused import _all_ones
-from pengster.nn._pair_nll import pair_nll
 from pengster.nn._precision import autocast_off
 
-from . import _pairs, _sparse_inputs
+from . import _pairs
 from ._alignment import contrastive_loss, mixing_loss
 from ._bridge import alignment_kl, bridge_posterior, shared_genes
+from ._constants import MODULE_KEYS
 from ._inputs import ENCODER_INPUTS, RNA_TARGET_SUM, clr
-from ._rows import MeasuredRows, flat_view
 
 _NORM = {"use_batch_norm": False, "use_layer_norm": True}
 # Layer norm, not batch norm: a mosaic minibatch may hold a single cell of a modality, and the statistics of
 # padded rows (cells without the modality) must never enter the normalisation.
+
+CELL_FACTOR_MEAN_RATE = 0.01
+"""Weight of a training minibatch in the running mean of the encoded ATAC cell factors."""
 
 
 def _long_or_none(values: torch.Tensor | None) -> torch.Tensor | None:
@@ -84,12 +85,11 @@ class JointVAEModule(BaseModuleClass):
     cross_terms
         ``all``: decode every reconstruction term; ``sampled`` / ``single``: in training, importance-sampled terms
         (an unbiased estimate of the same loss with fewer decodes; see ``module/_pairs.py``).
-    """
 
-    use_sparse: bool | None = None
-    """RNA and ATAC encoders read the nonzero counts only, and the loss scores the data-only terms once per cell
-    (``pengster/nn/_sparse.py``, ``_pair_nll.py``); same values as the dense path. None: on CPU
-    only (untimed on GPUs, where dense products are cheap); ``train(fast=False)`` sets False while it trains."""
+    ``inference``, ``generative`` and ``loss`` change no buffer; what training learns besides the weights (the running
+    mean of the ATAC cell factor and the cell-factor regression) is updated by :meth:`update_running_statistics`,
+    which the training plan calls once per training step.
+    """
 
     def __init__(
         self,
@@ -136,7 +136,8 @@ class JointVAEModule(BaseModuleClass):
             batch_has_modality = torch.ones(n_batch, len(self.modalities))
         self.register_buffer("batch_has_modality", batch_has_modality.float())
         self.register_buffer("atac_cell_factor_mean", torch.tensor(0.5))
-        self.freeze_running_stats = False  # set by reference mapping: keep the reference's running statistics
+        # set by reference mapping: the query keeps the reference's running statistics
+        self.freeze_running_stats = False
 
         decoder_cats = [n_batch, *n_cats_per_cov]
         encoder_cats = [n_panels] + (decoder_cats if encode_covariates else [])
@@ -194,14 +195,13 @@ class JointVAEModule(BaseModuleClass):
         self.decoders = nn.ModuleDict(decoders)
         self.projection_heads = nn.ModuleDict({modality: ProjectionHead(n_latent) for modality in self.modalities})
         self.logit_scale = LogitScale(temperature, learnable=learn_temperature)
-        _sparse_inputs.column_major_first_layers(self)
 
     # ----------------------------------------------------------------------------------------- helpers
     def feature_mask(self, modality: str, panel: torch.Tensor) -> torch.Tensor:
-        """Per-cell feature mask of shape ``(n_cells, n_features)`` (a broadcast view when all were measured)."""
+        """Per-cell feature mask of shape ``(n_cells, n_features)`` (a broadcast view with a single panel)."""
         table = getattr(self, f"feature_mask_{modality}")
-        if _all_ones(table):
-            return table[:1].expand(panel.shape[0], -1)
+        if table.shape[0] == 1:
+            return table.expand(panel.shape[0], -1)
         return table[panel.view(-1).long()]
 
     def _categoricals(self, batch_index: torch.Tensor, cat_covs: torch.Tensor | None) -> list[torch.Tensor]:
@@ -214,7 +214,7 @@ class JointVAEModule(BaseModuleClass):
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
         return {
             "x": {m: tensors[REGISTRY_KEYS.counts(m)] for m in self.modalities},
-            "has": {m: flat_view(tensors[REGISTRY_KEYS.has(m)]) for m in self.modalities},
+            "has": {m: tensors[REGISTRY_KEYS.has(m)].view(-1) for m in self.modalities},
             "batch_index": tensors[REGISTRY_KEYS.BATCH].long(),
             "cat_covs": _long_or_none(tensors.get(REGISTRY_KEYS.CAT_COVS)),
             "panel": tensors[REGISTRY_KEYS.PANEL].long(),
@@ -222,31 +222,26 @@ class JointVAEModule(BaseModuleClass):
 
     def _get_generative_input(self, tensors: dict[str, torch.Tensor], inference_outputs: dict) -> dict:
         return {
-            "z": inference_outputs["z"],
+            "z": inference_outputs[MODULE_KEYS.Z],
             "batch_index": tensors[REGISTRY_KEYS.BATCH].long(),
             "cat_covs": _long_or_none(tensors.get(REGISTRY_KEYS.CAT_COVS)),
             "panel": tensors[REGISTRY_KEYS.PANEL].long(),
-            "library": inference_outputs["library"],
-            "cell_factor": inference_outputs["cell_factor"],
-            "pairs": self.reconstruction_pairs(inference_outputs["has"], inference_outputs.get("rows")),
+            "library": inference_outputs[MODULE_KEYS.LIBRARY],
+            "cell_factor": inference_outputs[MODULE_KEYS.CELL_FACTOR],
+            "pairs": self.reconstruction_pairs(inference_outputs[MODULE_KEYS.HAS]),
         }
 
-    def reconstruction_pairs(
-        self, has: Mapping[str, torch.Tensor], measured: MeasuredRows | None = None
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def reconstruction_pairs(self, has: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, ...]]:
         """Modality -> ``(posterior, cell, weight)`` of the reconstruction terms of the interdependent ELBO.
 
         See ``pengster.module._pairs.pairs``: every term, or in training with ``cross_terms`` ``sampled`` or
-        ``single``, importance-weighted draws of them. Chosen on the host (``measured``), copied to ``has``' device.
+        ``single``, importance-weighted draws of them.
         """
-        measured = measured or MeasuredRows(has)
-        host = {m: measured.host[m].float() for m in self.modalities}
         bridge = self.bridge_weight > 0
-        weights = _pairs.posterior_weights(host, self.modalities, self.cross_weight, bridge)
+        weights = _pairs.posterior_weights(has, self.modalities, self.cross_weight, bridge)
         sampled = self.cross_terms != "all" and self.training
         keep_joint = self.cross_terms == "sampled"
-        terms = _pairs.pairs(host, self.modalities, weights, bridge=bridge, sampled=sampled, keep_joint=keep_joint)
-        return {m: tuple(measured.to_device(t) for t in term) for m, term in terms.items()}
+        return _pairs.pairs(has, self.modalities, weights, bridge=bridge, sampled=sampled, keep_joint=keep_joint)
 
     # ----------------------------------------------------------------------------------------- inference
     @auto_move_data
@@ -257,28 +252,25 @@ class JointVAEModule(BaseModuleClass):
         batch_index: torch.Tensor,
         cat_covs: torch.Tensor | None,
         panel: torch.Tensor,
-        sparse_counts: Mapping | None = None,
-        measured: MeasuredRows | None = None,
+        rows: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Each modality's expert ``(mean, variance)`` of shape ``(n_cells, n_latent)``; rows without it are 0/1."""
         categoricals = self._encoder_categoricals(panel, batch_index, cat_covs)
-        measured = measured or MeasuredRows(has)
+        rows = rows or _pairs.measured_rows(has)
         n_cells = panel.shape[0]
         experts = {}
         for modality in self.modalities:
-            mean = x[modality].new_zeros(n_cells, self.n_latent)
-            variance = x[modality].new_ones(n_cells, self.n_latent)
-            rows = measured.of(modality)
-            if rows.numel() > 0 and self._sparse(modality, panel.device):
-                qz, _ = _sparse_inputs.encode(self, modality, x, sparse_counts, panel, rows, categoricals)
-            elif rows.numel() > 0:
-                mask = self.feature_mask(modality, panel[rows])
-                encoder_input = ENCODER_INPUTS[modality](x[modality][rows].float(), mask)
-                qz, _ = self.encoders[modality](encoder_input, *[c[rows] for c in categoricals])
-            if rows.numel() > 0:
-                # float32 from here on: under bf16 autocast only the networks' layers run in bf16
-                mean = mean.index_copy(0, rows, qz.loc.float())
-                variance = variance.index_copy(0, rows, qz.scale.float().pow(2))
+            mean = x[modality].new_zeros(n_cells, self.n_latent, dtype=torch.float32)
+            variance = torch.ones_like(mean)
+            cells = rows[modality]
+            if cells.numel() > 0:
+                mask = self.feature_mask(modality, panel[cells])
+                encoder_input = ENCODER_INPUTS[modality](x[modality][cells].float(), mask)
+                own_mean, own_variance = encoder_moments(
+                    self.encoders[modality], encoder_input, *[c[cells] for c in categoricals]
+                )
+                mean = mean.index_copy(0, cells, own_mean)
+                variance = variance.index_copy(0, cells, own_variance)
             experts[modality] = (mean, variance)
         return experts
 
@@ -297,37 +289,30 @@ class JointVAEModule(BaseModuleClass):
     @auto_move_data
     def inference(self, x, has, batch_index, cat_covs, panel) -> dict:
         """Encode, fuse, and sample one ``z`` per posterior: the joint one, then each modality's own."""
-        sparse_counts = _sparse_inputs.sparse_counts(self, x)
-        measured = MeasuredRows(has)
-        experts = self.experts(x, has, batch_index, cat_covs, panel, sparse_counts, measured)
+        rows = _pairs.measured_rows(has)
+        experts = self.experts(x, has, batch_index, cat_covs, panel, rows)
         posteriors = [self.fuse(experts, has)] + [self.fuse(experts, has, [m]) for m in self.modalities]
         if self.bridge_weight > 0:
-            posteriors.append(bridge_posterior(self, x["rna"], has["rna"], panel, measured.of("rna")))
-        qz = Normal(torch.stack([q.loc for q in posteriors]), torch.stack([q.scale for q in posteriors]))
-        library = self.libraries(x, panel, sparse_counts)
+            posteriors.append(bridge_posterior(self, x["rna"], has["rna"], panel, rows["rna"]))
+        qz = Normal(
+            torch.stack([q.loc for q in posteriors]), torch.stack([q.scale for q in posteriors]), validate_args=False
+        )
         return {
-            "qz": qz,
-            "z": qz.rsample(),
-            "experts": experts,
-            "has": has,
-            "library": library,
-            "cell_factor": self._cell_factor(x, panel, batch_index, cat_covs, sparse_counts, measured),
-            "sparse_counts": sparse_counts,
-            "rows": measured,
+            MODULE_KEYS.QZ: qz,
+            MODULE_KEYS.Z: qz.rsample(),
+            MODULE_KEYS.EXPERTS: experts,
+            MODULE_KEYS.HAS: has,
+            MODULE_KEYS.ROWS: rows,
+            MODULE_KEYS.LIBRARY: self.libraries(x, panel),
+            MODULE_KEYS.CELL_FACTOR: self._cell_factor(x, panel, batch_index, cat_covs, rows),
         }
 
-    def libraries(self, x: Mapping[str, torch.Tensor], panel: torch.Tensor, sparse_counts=None) -> dict:
+    def libraries(self, x: Mapping[str, torch.Tensor], panel: torch.Tensor) -> dict:
         """Modality -> total counts over the measured features, shape ``(n_cells, 1)``, at least 1."""
-        sparse_counts = sparse_counts or {}
-        library = {}
-        for modality in self.modalities:
-            if modality in sparse_counts:
-                table = getattr(self, f"feature_mask_{modality}")
-                library[modality] = _sparse_inputs.library_size(sparse_counts[modality], table, panel)
-                continue
-            mask = self.feature_mask(modality, panel)
-            library[modality] = (x[modality].float() * mask).sum(-1, keepdim=True).clamp_min(1.0)
-        return library
+        return {
+            m: (x[m].float() * self.feature_mask(m, panel)).sum(-1, keepdim=True).clamp_min(1.0)
+            for m in self.modalities
+        }
 
     def _depth_inputs(self, library, has, use) -> tuple[torch.Tensor, torch.Tensor]:
         log_library = torch.cat([library[m].log() for m in self.depth_sources], -1)
@@ -346,40 +331,43 @@ class JointVAEModule(BaseModuleClass):
         inputs = self._depth_inputs(self.libraries(x, panel), has, sources)
         return torch.sigmoid(self.cell_factor_predictor(*inputs))
 
-    def _fit_cell_factor_predictor(self, inference_outputs) -> None:
-        if not self.depth_sources or not self.training or self.freeze_running_stats:
-            return
-        has = inference_outputs["has"]
-        log_library, present = self._depth_inputs(inference_outputs["library"], has, self.depth_sources)
-        # cells with ATAC and at least one depth source
-        rows = (inference_outputs.get("rows") or MeasuredRows(has)).of("atac", any_of=self.depth_sources)
-        if rows.numel() > 0:
-            self.cell_factor_predictor.update(log_library[rows], present[rows], inference_outputs["cell_factor"][rows])
-
-    def _sparse(self, modality: str, device: torch.device) -> bool:
-        return _sparse_inputs.enabled(self, device) and modality in _sparse_inputs.SPARSE_INPUT_MODALITIES
-
-    def _cell_factor(self, x, panel, batch_index, cat_covs, sparse_counts, measured) -> torch.Tensor | None:
+    def _cell_factor(self, x, panel, batch_index, cat_covs, rows) -> torch.Tensor | None:
         if "atac" not in self.modalities:
             return None
-        n_cells = panel.shape[0]
-        factor = self.atac_cell_factor_mean.expand(n_cells, 1).clone()
-        rows = measured.of("atac")
-        if rows.numel() > 0:
-            categoricals = self._encoder_categoricals(panel, batch_index, cat_covs)
-            if self._sparse("atac", panel.device):
-                own = _sparse_inputs.cell_factor(self, x, sparse_counts, panel, rows, categoricals)
-            else:
-                mask = self.feature_mask("atac", panel[rows])
-                own = self.cell_factor_encoder(
-                    ENCODER_INPUTS["atac"](x["atac"][rows].float(), mask), *[c[rows] for c in categoricals]
-                )
-            own = own.float()
-            if self.training and not self.freeze_running_stats:
-                with torch.no_grad():
-                    self.atac_cell_factor_mean.lerp_(own.mean(), 0.01)
-            factor = factor.index_copy(0, rows, own)
-        return factor
+        # a copy: the running mean changes after the forward pass (update_running_statistics), before the backward
+        factor = self.atac_cell_factor_mean.expand(panel.shape[0], 1).clone()
+        cells = rows["atac"]
+        if cells.numel() == 0:
+            return factor
+        categoricals = self._encoder_categoricals(panel, batch_index, cat_covs)
+        mask = self.feature_mask("atac", panel[cells])
+        own = self.cell_factor_encoder(
+            ENCODER_INPUTS["atac"](x["atac"][cells].float(), mask), *[c[cells] for c in categoricals]
+        )
+        return factor.index_copy(0, cells, own.float())
+
+    @torch.no_grad()
+    def update_running_statistics(self, inference_outputs: Mapping) -> None:
+        """Fold a training minibatch into the running mean of the ATAC cell factor and the cell-factor regression.
+
+        The one place, besides the optimizer, where training changes the module (the training plan calls it after
+        each training step's forward pass). The mean factor decodes ATAC for cells without it; the regression
+        predicts their factor from the depth of their other modalities (:class:`~pengster.nn.CellFactorPredictor`).
+        """
+        if "atac" not in self.modalities:
+            return
+        has, rows = inference_outputs[MODULE_KEYS.HAS], inference_outputs[MODULE_KEYS.ROWS]
+        cell_factor = inference_outputs[MODULE_KEYS.CELL_FACTOR]
+        if rows["atac"].numel() > 0:
+            self.atac_cell_factor_mean.lerp_(cell_factor[rows["atac"]].mean(), CELL_FACTOR_MEAN_RATE)
+        if not self.depth_sources:
+            return
+        log_library, present = self._depth_inputs(inference_outputs[MODULE_KEYS.LIBRARY], has, self.depth_sources)
+        # cells with ATAC and at least one depth source
+        with_depth = (has["atac"] > 0) & (present > 0).any(-1)
+        cells = with_depth.nonzero().view(-1)
+        if cells.numel() > 0:
+            self.cell_factor_predictor.update(log_library[cells], present[cells], cell_factor[cells])
 
     # ----------------------------------------------------------------------------------------- generative
     @auto_move_data
@@ -402,7 +390,7 @@ class JointVAEModule(BaseModuleClass):
                 library[modality][cell],
                 cell_factor[cell] if cell_factor is not None else None,
             )
-        return {"px": outputs, "pairs": pairs}
+        return {MODULE_KEYS.PX: outputs, MODULE_KEYS.PAIRS: pairs}
 
     def decode(self, modality, z, categoricals, feature_mask, library=None, cell_factor=None):
         """Decode one modality; return ``(distribution, parts)``."""
@@ -434,27 +422,23 @@ class JointVAEModule(BaseModuleClass):
     @autocast_off()
     def loss(self, tensors, inference_outputs, generative_outputs, kl_weight: float = 1.0) -> LossOutput:
         """Interdependent ELBO (joint + each measured modality's own posterior) plus contrastive alignment."""
-        has = inference_outputs["has"]
+        has = inference_outputs[MODULE_KEYS.HAS]
         panel = tensors[REGISTRY_KEYS.PANEL].long()
-        qz = inference_outputs["qz"]
+        qz = inference_outputs[MODULE_KEYS.QZ]
         n_cells = qz.loc.shape[1]
         weights = _pairs.posterior_weights(has, self.modalities, self.cross_weight, self.bridge_weight > 0)
-        kl = kl_divergence(qz, Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale))).sum(-1)
+        prior = Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale), validate_args=False)
+        kl = kl_divergence(qz, prior).sum(-1)
         per_cell = kl_weight * (weights * kl).sum(0)
         reconstruction = {}
         for modality in self.modalities:
-            posterior, cell, weight = generative_outputs["pairs"][modality]
+            posterior, cell, weight = generative_outputs[MODULE_KEYS.PAIRS][modality]
             joint_nll = qz.loc.new_zeros(n_cells)
             if cell.numel() > 0:
-                px, _ = generative_outputs["px"][modality]
-                counts, table = tensors[REGISTRY_KEYS.counts(modality)], getattr(self, f"feature_mask_{modality}")
-                binarize = modality == "atac" and self.decoders["atac"].likelihood == "bernoulli"
-                if _sparse_inputs.enabled(self, counts.device):
-                    sparse = (inference_outputs.get("sparse_counts") or {}).get(modality)
-                    nll = pair_nll(px, counts, cell, table, panel, binarize=binarize, sparse_counts=sparse)
-                else:
-                    nll = reconstruction_nll(px, counts[cell], table, panel[cell], binarize=binarize)
-                weighted = weight * nll
+                px, _ = generative_outputs[MODULE_KEYS.PX][modality]
+                x = tensors[REGISTRY_KEYS.counts(modality)][cell].float()
+                mask = self.feature_mask(modality, panel[cell])
+                weighted = weight * -(px.log_prob(x) * mask).sum(-1)
                 per_cell = per_cell.index_add(0, cell, weighted)
                 # the joint term (weight 1): exact, or its importance-weighted estimate when the terms are sampled
                 joint_nll = joint_nll.index_add(0, cell, torch.where(posterior == 0, weighted, 0.0))
@@ -462,12 +446,12 @@ class JointVAEModule(BaseModuleClass):
 
         bridge_kl = qz.loc.new_zeros(n_cells)
         if self.bridge_weight > 0:
-            bridge_kl = alignment_kl(Normal(qz.loc[0], qz.scale[0]), Normal(qz.loc[-1], qz.scale[-1]), has["rna"])
+            joint, bridge = (Normal(qz.loc[i], qz.scale[i], validate_args=False) for i in (0, -1))
+            bridge_kl = alignment_kl(joint, bridge, has["rna"])
             per_cell = per_cell + self.bridge_weight * kl_weight * bridge_kl
 
-        contrastive = contrastive_loss(self, inference_outputs["experts"], has, inference_outputs.get("rows"))
-        # a closed-form regression on observed depths and the encoded factors: no term of the loss
-        self._fit_cell_factor_predictor(inference_outputs)
+        rows = inference_outputs[MODULE_KEYS.ROWS]
+        contrastive = contrastive_loss(self, inference_outputs[MODULE_KEYS.EXPERTS], has, rows)
         mixing = mixing_loss(self, qz.loc[0], panel)
         loss = per_cell.mean() + self.contrastive_weight * contrastive + self.mixing_weight * mixing
         return LossOutput(

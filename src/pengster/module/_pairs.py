@@ -21,6 +21,11 @@ import torch
 CROSS_TERMS = ("all", "sampled", "single")
 
 
+def measured_rows(has: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Modality -> the indices (int64) of the cells that measured it, from ``has``' 0/1 flags ``(n_cells,)``."""
+    return {modality: (flags > 0).nonzero().view(-1) for modality, flags in has.items()}
+
+
 def posterior_weights(
     has: Mapping[str, torch.Tensor], modalities: Sequence[str], cross_weight: float, bridge: bool
 ) -> torch.Tensor:
@@ -87,4 +92,4 @@ def _draw(candidate_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return posterior, cell, total[cell]
 
 
-__all__ = ["CROSS_TERMS", "pairs", "posterior_weights"]
+__all__ = ["CROSS_TERMS", "measured_rows", "pairs", "posterior_weights"]

@@ -1,9 +1,9 @@
-"""Reusable layers: decoders, fusion of experts, contrastive heads."""
+"""Reusable layers: encoders, decoders, fusion of experts, contrastive heads, MMD."""
 
 from ._cell_factor import CellFactorPredictor
 from ._contrastive import LogitScale, ProjectionHead, symmetric_info_nce
 from ._decoders import ATACDecoder, CellFactorEncoder, ProteinDecoder, RNADecoder, masked_normalize
-from ._fused import FactorBernoulli, factor_bernoulli_nll, reconstruction_nll
+from ._encoders import encoder_moments
 from ._fusion import product_of_experts
 from ._mmd import gaussian_mmd, group_mmd
 
@@ -11,16 +11,14 @@ __all__ = [
     "ATACDecoder",
     "CellFactorEncoder",
     "CellFactorPredictor",
-    "FactorBernoulli",
     "LogitScale",
     "ProjectionHead",
     "ProteinDecoder",
     "RNADecoder",
-    "factor_bernoulli_nll",
+    "encoder_moments",
     "gaussian_mmd",
     "group_mmd",
     "masked_normalize",
     "product_of_experts",
-    "reconstruction_nll",
     "symmetric_info_nce",
 ]

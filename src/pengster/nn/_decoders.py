@@ -1,7 +1,8 @@
 """Per-modality decoders ``p(x_m | z, s)``.
 
 Each decoder returns a :class:`torch.distributions.Distribution` (scvi-tools' where it has one), so that the
-likelihood lives in one place: the module's loss reads ``-dist.log_prob(x)``.
+likelihood lives in one place: the module's loss reads ``-(px.log_prob(x) * mask).sum(-1)``. They are built with
+``validate_args=False``: a non-finite parameter reaches the loss, where training stops and says where it started.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from scvi.nn import DecoderSCVI, FCLayers
 from torch import nn
 from torch.distributions import Distribution, Poisson
 
-from ._fused import FactorBernoulli
+from pengster.distributions import FactorBernoulli
 
 
 def masked_normalize(values: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
@@ -74,8 +75,11 @@ class RNADecoder(nn.Module):
         theta = self.log_theta.exp()
         if self.likelihood == "zinb":
             dropout_logits = self.decoder.px_dropout_decoder(hidden).float()
-            return ZeroInflatedNegativeBinomial(mu=rate, theta=theta, zi_logits=dropout_logits, scale=scale), scale
-        return NegativeBinomial(mu=rate, theta=theta, scale=scale), scale
+            px = ZeroInflatedNegativeBinomial(
+                mu=rate, theta=theta, zi_logits=dropout_logits, scale=scale, validate_args=False
+            )
+            return px, scale
+        return NegativeBinomial(mu=rate, theta=theta, scale=scale, validate_args=False), scale
 
 
 class ATACDecoder(nn.Module):
@@ -101,11 +105,6 @@ class ATACDecoder(nn.Module):
         self.output = nn.Linear(n_hidden, n_peaks)
         self.region_logit = nn.Parameter(torch.zeros(n_peaks))
 
-    def probabilities(self, z: torch.Tensor, cell_factor: torch.Tensor, *categoricals: torch.Tensor) -> torch.Tensor:
-        """Accessibility probabilities of shape ``z.shape[:-1] + (n_peaks,)``."""
-        logits = self.output(_hidden(self.layers, z, *categoricals)).float()
-        return torch.sigmoid(logits) * torch.sigmoid(self.region_logit) * cell_factor
-
     def forward(
         self,
         z: torch.Tensor,
@@ -114,13 +113,13 @@ class ATACDecoder(nn.Module):
         feature_mask: torch.Tensor,
         *categoricals: torch.Tensor,
     ) -> tuple[Distribution, torch.Tensor]:
-        """Return ``(px, probabilities)``; when training, ``probabilities`` is None for ``bernoulli`` (not needed)."""
+        """Return ``(px, probabilities)``: the distribution and the accessibility probabilities."""
+        logits = self.output(_hidden(self.layers, z, *categoricals)).float()
+        accessibility = FactorBernoulli(logits, self.region_logit, cell_factor, validate_args=False)
         if self.likelihood == "bernoulli":
-            logits = self.output(_hidden(self.layers, z, *categoricals)).float()
-            px = FactorBernoulli(logits, self.region_logit, cell_factor)
-            return px, None if (self.training and torch.is_grad_enabled()) else px.probs
-        probs = self.probabilities(z, cell_factor, *categoricals).clamp(1e-6, 1 - 1e-6)
-        return Poisson(masked_normalize(probs, feature_mask) * library + 1e-8), probs
+            return accessibility, accessibility.probs
+        rate = masked_normalize(accessibility.probs, feature_mask) * library + 1e-8
+        return Poisson(rate, validate_args=False), accessibility.probs
 
 
 class CellFactorEncoder(nn.Module):
@@ -172,6 +171,8 @@ class ProteinDecoder(nn.Module):
         foreground = background * (1.0 + F.softplus(self.foreground(hidden).float()) + 1e-4)
         mixing_logits = self.mixing(hidden).float()
         theta = self.log_theta.exp()
-        px = NegativeBinomialMixture(mu1=background, mu2=foreground, theta1=theta, mixture_logits=mixing_logits)
+        px = NegativeBinomialMixture(
+            mu1=background, mu2=foreground, theta1=theta, mixture_logits=mixing_logits, validate_args=False
+        )
         parts = {"background": background, "foreground": foreground, "mixing": torch.sigmoid(mixing_logits)}
         return px, parts

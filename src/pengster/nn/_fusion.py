@@ -32,4 +32,4 @@ def product_of_experts(means: list[torch.Tensor], variances: list[torch.Tensor],
         # where a mask is 0 the mean may be anything (even NaN padding); never let it leak in
         weighted_mean = weighted_mean + torch.where(mask.unsqueeze(-1) > 0, mean * expert_precision, 0.0)
     variance = 1.0 / precision
-    return Normal(weighted_mean * variance, variance.sqrt())
+    return Normal(weighted_mean * variance, variance.sqrt(), validate_args=False)

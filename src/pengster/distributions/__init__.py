@@ -1,0 +1,5 @@
+"""Likelihoods that :mod:`scvi.distributions` lacks."""
+
+from ._factor_bernoulli import FactorBernoulli
+
+__all__ = ["FactorBernoulli"]

@@ -1,0 +1,29 @@
+"""Keys of the dictionaries that :class:`~pengster.module.JointVAEModule`'s ``inference`` and ``generative`` return."""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+class MODULE_KEYS:
+    """Output keys of ``inference`` (``QZ`` to ``ROWS``) and ``generative`` (``PX``, ``PAIRS``)."""
+
+    QZ: Final = "qz"
+    """Normal of shape ``(n_posteriors, n_cells, n_latent)``: the joint posterior, then each modality's own, then
+    the RNA bridge's (when the module has one)."""
+    Z: Final = "z"
+    """One draw of :attr:`QZ`."""
+    EXPERTS: Final = "experts"
+    """Modality -> ``(mean, variance)`` of its encoder, each ``(n_cells, n_latent)``; 0 and 1 where not measured."""
+    HAS: Final = "has"
+    """Modality -> ``(n_cells,)`` 0/1 flags: the cell measured it."""
+    ROWS: Final = "rows"
+    """Modality -> the indices of the cells that measured it."""
+    LIBRARY: Final = "library"
+    """Modality -> ``(n_cells, 1)`` total counts over the measured features (at least 1)."""
+    CELL_FACTOR: Final = "cell_factor"
+    """``(n_cells, 1)`` ATAC cell factor (encoded where ATAC was measured, else the running mean); None without ATAC."""
+    PX: Final = "px"
+    """Modality -> ``(distribution, parts)`` over the reconstruction pairs, or None where there are none."""
+    PAIRS: Final = "pairs"
+    """Modality -> ``(posterior, cell, weight)`` of the reconstruction terms (see ``module/_pairs.py``)."""
