@@ -324,6 +324,8 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             plan_kwargs=plan_kwargs,
             trainer_kwargs=kwargs,
         )
+        # scvi-tools' Trainer sets torch.backends.cudnn.benchmark (a process-wide switch) to True: keep the user's
+        kwargs.setdefault("benchmark", torch.backends.cudnn.benchmark)
         kwargs["callbacks"] = _callbacks.training_callbacks(self, checkpoint_dir, kwargs.get("callbacks"))
         with _callbacks.training_guard(checkpoint_dir):
             return super().train(
