@@ -9,7 +9,7 @@ import torch
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from scvi.nn import Encoder
 from torch import nn
-from torch.distributions import Normal, kl_divergence
+from torch.distributions import Normal
 
 from pengster._constants import REGISTRY_KEYS
 from pengster.nn import (
@@ -25,18 +25,15 @@ from pengster.nn import (
 )
 from pengster.nn._precision import autocast_off
 
-from . import _pairs
-from ._alignment import contrastive_loss, mixing_loss
-from ._bridge import alignment_kl, bridge_posterior, shared_genes
+from . import _cell_factor, _pairs
+from ._bridge import bridge_posterior, shared_genes
 from ._constants import MODULE_KEYS
 from ._inputs import ENCODER_INPUTS, RNA_TARGET_SUM, clr
+from ._loss import interdependent_elbo
 
 _NORM = {"use_batch_norm": False, "use_layer_norm": True}
 # Layer norm, not batch norm: a mosaic minibatch may hold a single cell of a modality, and the statistics of
 # padded rows (cells without the modality) must never enter the normalisation.
-
-CELL_FACTOR_MEAN_RATE = 0.01
-"""Weight of a training minibatch in the running mean of the encoded ATAC cell factors."""
 
 
 def _long_or_none(values: torch.Tensor | None) -> torch.Tensor | None:
@@ -314,11 +311,6 @@ class JointVAEModule(BaseModuleClass):
             for m in self.modalities
         }
 
-    def _depth_inputs(self, library, has, use) -> tuple[torch.Tensor, torch.Tensor]:
-        log_library = torch.cat([library[m].log() for m in self.depth_sources], -1)
-        present = torch.stack([has[m].float() * float(m in use) for m in self.depth_sources], -1)
-        return log_library, present
-
     @auto_move_data
     def source_cell_factor(self, x, has, panel, sources: Sequence[str]) -> torch.Tensor:
         """ATAC cell factor ``(n_cells, 1)`` for decoding ATAC from ``sources``: predicted from their depth.
@@ -328,46 +320,22 @@ class JointVAEModule(BaseModuleClass):
         """
         if not self.depth_sources or not self.cell_factor_predictor.fitted:
             return self.atac_cell_factor_mean.expand(panel.shape[0], 1)
-        inputs = self._depth_inputs(self.libraries(x, panel), has, sources)
+        inputs = _cell_factor.depth_inputs(self, self.libraries(x, panel), has, sources)
         return torch.sigmoid(self.cell_factor_predictor(*inputs))
 
     def _cell_factor(self, x, panel, batch_index, cat_covs, rows) -> torch.Tensor | None:
         if "atac" not in self.modalities:
             return None
-        # a copy: the running mean changes after the forward pass (update_running_statistics), before the backward
-        factor = self.atac_cell_factor_mean.expand(panel.shape[0], 1).clone()
-        cells = rows["atac"]
-        if cells.numel() == 0:
-            return factor
         categoricals = self._encoder_categoricals(panel, batch_index, cat_covs)
-        mask = self.feature_mask("atac", panel[cells])
-        own = self.cell_factor_encoder(
-            ENCODER_INPUTS["atac"](x["atac"][cells].float(), mask), *[c[cells] for c in categoricals]
-        )
-        return factor.index_copy(0, cells, own.float())
+        return _cell_factor.encoded_cell_factor(self, x["atac"], panel, categoricals, rows["atac"])
 
-    @torch.no_grad()
     def update_running_statistics(self, inference_outputs: Mapping) -> None:
         """Fold a training minibatch into the running mean of the ATAC cell factor and the cell-factor regression.
 
-        The one place, besides the optimizer, where training changes the module (the training plan calls it after
-        each training step's forward pass). The mean factor decodes ATAC for cells without it; the regression
-        predicts their factor from the depth of their other modalities (:class:`~pengster.nn.CellFactorPredictor`).
+        The one place, besides the optimizer, where training changes the module: the training plan calls it after
+        each training step's forward pass (see ``module/_cell_factor.py``).
         """
-        if "atac" not in self.modalities:
-            return
-        has, rows = inference_outputs[MODULE_KEYS.HAS], inference_outputs[MODULE_KEYS.ROWS]
-        cell_factor = inference_outputs[MODULE_KEYS.CELL_FACTOR]
-        if rows["atac"].numel() > 0:
-            self.atac_cell_factor_mean.lerp_(cell_factor[rows["atac"]].mean(), CELL_FACTOR_MEAN_RATE)
-        if not self.depth_sources:
-            return
-        log_library, present = self._depth_inputs(inference_outputs[MODULE_KEYS.LIBRARY], has, self.depth_sources)
-        # cells with ATAC and at least one depth source
-        with_depth = (has["atac"] > 0) & (present > 0).any(-1)
-        cells = with_depth.nonzero().view(-1)
-        if cells.numel() > 0:
-            self.cell_factor_predictor.update(log_library[cells], present[cells], cell_factor[cells])
+        _cell_factor.update_statistics(self, inference_outputs)
 
     # ----------------------------------------------------------------------------------------- generative
     @auto_move_data
@@ -421,50 +389,11 @@ class JointVAEModule(BaseModuleClass):
     # ----------------------------------------------------------------------------------------- loss
     @autocast_off()
     def loss(self, tensors, inference_outputs, generative_outputs, kl_weight: float = 1.0) -> LossOutput:
-        """Interdependent ELBO (joint + each measured modality's own posterior) plus contrastive alignment."""
-        has = inference_outputs[MODULE_KEYS.HAS]
-        panel = tensors[REGISTRY_KEYS.PANEL].long()
-        qz = inference_outputs[MODULE_KEYS.QZ]
-        n_cells = qz.loc.shape[1]
-        weights = _pairs.posterior_weights(has, self.modalities, self.cross_weight, self.bridge_weight > 0)
-        prior = Normal(torch.zeros_like(qz.loc), torch.ones_like(qz.scale), validate_args=False)
-        kl = kl_divergence(qz, prior).sum(-1)
-        per_cell = kl_weight * (weights * kl).sum(0)
-        reconstruction = {}
-        for modality in self.modalities:
-            posterior, cell, weight = generative_outputs[MODULE_KEYS.PAIRS][modality]
-            joint_nll = qz.loc.new_zeros(n_cells)
-            if cell.numel() > 0:
-                px, _ = generative_outputs[MODULE_KEYS.PX][modality]
-                x = tensors[REGISTRY_KEYS.counts(modality)][cell].float()
-                mask = self.feature_mask(modality, panel[cell])
-                weighted = weight * -(px.log_prob(x) * mask).sum(-1)
-                per_cell = per_cell.index_add(0, cell, weighted)
-                # the joint term (weight 1): exact, or its importance-weighted estimate when the terms are sampled
-                joint_nll = joint_nll.index_add(0, cell, torch.where(posterior == 0, weighted, 0.0))
-            reconstruction[modality] = joint_nll
+        """Interdependent ELBO (joint + each measured modality's own posterior) plus contrastive alignment.
 
-        bridge_kl = qz.loc.new_zeros(n_cells)
-        if self.bridge_weight > 0:
-            joint, bridge = (Normal(qz.loc[i], qz.scale[i], validate_args=False) for i in (0, -1))
-            bridge_kl = alignment_kl(joint, bridge, has["rna"])
-            per_cell = per_cell + self.bridge_weight * kl_weight * bridge_kl
-
-        rows = inference_outputs[MODULE_KEYS.ROWS]
-        contrastive = contrastive_loss(self, inference_outputs[MODULE_KEYS.EXPERTS], has, rows)
-        mixing = mixing_loss(self, qz.loc[0], panel)
-        loss = per_cell.mean() + self.contrastive_weight * contrastive + self.mixing_weight * mixing
-        return LossOutput(
-            loss=loss,
-            reconstruction_loss={f"reconstruction_{m}": value for m, value in reconstruction.items()},
-            kl_local={"kl_joint": kl[0]},
-            extra_metrics={
-                "contrastive": contrastive.detach(),
-                "mixing_mmd": mixing.detach(),
-                "bridge_kl": bridge_kl.detach().mean(),
-                "inverse_temperature": self.logit_scale().detach(),
-            },
-        )
+        See ``pengster/module/_loss.py``; under autocast, computed in float32.
+        """
+        return interdependent_elbo(self, tensors, inference_outputs, generative_outputs, kl_weight)
 
 
 __all__ = ["JointVAEModule"]
