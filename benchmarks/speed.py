@@ -170,7 +170,7 @@ def run_one(spec: dict) -> dict:
             setattr(model.module, name, value)
         options = dict(spec.get("options") or {})
         model.train(batch_size=spec["batch_size"], **options, **common)
-        batch_size = spec["batch_size"] or pengster.model._speed.auto_batch_size(mdata.n_obs)
+        batch_size = spec["batch_size"] or pengster.train.auto_batch_size(mdata.n_obs)
     elif method == "multivi":
         scvi.model.MULTIVI.setup_mudata(mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"}, batch_key="batch")
         model = scvi.model.MULTIVI(mdata, n_genes=mdata["rna"].n_vars, n_regions=mdata["atac"].n_vars)

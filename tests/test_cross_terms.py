@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pengster
-from pengster.model._device_loader import loader_from_manager
+from pengster.dataloaders import loader_from_manager
 from pengster.module._pairs import pairs, posterior_weights
 
 

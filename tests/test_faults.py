@@ -23,8 +23,8 @@ import pengster
 from pengster._constants import REGISTRY_KEYS
 from pengster.data import synthetic_mosaic
 from pengster.model import JointVAE
-from pengster.model._callbacks import LAST_CHECKPOINT, LAST_MODEL, FiniteLossCheck
 from pengster.model._save import FORMAT_VERSION, MANIFEST_NAME
+from pengster.train import LAST_CHECKPOINT, LAST_MODEL, FiniteLossCheck
 
 torch.set_num_threads(1)
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import pengster
+from pengster.dataloaders import MosaicBatchSampler
 from pengster.model import JointVAE
-from pengster.model._sampler import MosaicBatchSampler
 from pengster.nn import product_of_experts
 
 MODALITIES = {"rna": "rna", "atac": "atac", "protein": "prot"}

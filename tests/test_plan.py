@@ -7,8 +7,8 @@ import scvi
 import torch
 
 import pengster
+from pengster.dataloaders import loader_from_manager
 from pengster.model import JointVAE
-from pengster.model._device_loader import loader_from_manager
 from pengster.module._constants import MODULE_KEYS
 
 torch.set_num_threads(1)

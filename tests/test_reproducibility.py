@@ -9,8 +9,8 @@ import scvi
 import torch
 
 from pengster.data import synthetic_mosaic
+from pengster.dataloaders import MosaicBatchSampler
 from pengster.model import JointVAE
-from pengster.model._sampler import MosaicBatchSampler
 from pengster.tl import write_results
 
 torch.set_num_threads(1)
@@ -75,7 +75,7 @@ def test_sampler_epochs_depend_only_on_seed_and_epoch():
 
 
 def test_step_seed_seeds_torch_from_the_run_seed_epoch_minibatch_and_rank():
-    from pengster.model._callbacks import StepSeed, step_seed
+    from pengster.train._callbacks import StepSeed, step_seed
 
     trainer = type("Trainer", (), {"current_epoch": 2, "global_rank": 1})()
     StepSeed(7).on_train_batch_start(trainer, None, None, 5)

@@ -8,8 +8,9 @@ import pytest
 import torch
 from scipy import sparse
 
-from pengster.model._device_loader import DeviceMinibatchLoader, _rank_share
-from pengster.model._speed import BASE_LR, auto_batch_size, scaled_lr
+from pengster.dataloaders import DeviceMinibatchLoader
+from pengster.dataloaders._device_loader import _rank_share
+from pengster.train import BASE_LR, auto_batch_size, scaled_lr
 
 
 def _counts(n_cells=300, n_features=50, density=0.1, seed=0):

@@ -2,11 +2,24 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import data, datasets, distributions, metrics, model, module, nn, pl, tl
+from . import data, dataloaders, datasets, distributions, metrics, model, module, nn, pl, tl, train
 
 try:
     __version__ = version("pengster")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "data", "datasets", "distributions", "metrics", "model", "module", "nn", "pl", "tl"]
+__all__ = [
+    "__version__",
+    "data",
+    "dataloaders",
+    "datasets",
+    "distributions",
+    "metrics",
+    "model",
+    "module",
+    "nn",
+    "pl",
+    "tl",
+    "train",
+]

@@ -6,20 +6,19 @@ import logging
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import anndata as ad
 import mudata as md
 import numpy as np
 import pandas as pd
+from scvi.model.base import BaseModelClass
 
 from pengster._constants import DATASET_KEY, MEASURED_VARM_KEY, REGISTRY_KEYS
 
+from ._checks import check_mudata
 from ._frames import padded_csr
-
-if TYPE_CHECKING:
-    from pengster.model import JointVAE
-    from pengster.model._query import ReferenceSummary
+from ._prepare import default_modalities
+from ._reference import ReferenceSummary, describe_reference
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +30,6 @@ _LOW_OVERLAP = 0.8
 
 
 def _summary(reference) -> ReferenceSummary:
-    from pengster.model._query import ReferenceSummary, describe_reference
-
     return reference if isinstance(reference, ReferenceSummary) else describe_reference(reference)
 
 
@@ -48,8 +45,6 @@ def _query_datasets(query: md.MuData, key: str, reference_panels: list[str]) -> 
 
 
 def _query_keys(query: md.MuData, summary: ReferenceSummary, modalities: Mapping[str, str] | None) -> dict[str, str]:
-    from pengster.model._setup import default_modalities
-
     if modalities is not None:
         unknown = set(modalities) - set(summary.modalities)
         if unknown:
@@ -108,7 +103,7 @@ def _align_modality(adata: ad.AnnData, reference_names: pd.Index, measured: pd.D
 
 def prepare_query(
     query: md.MuData,
-    reference: JointVAE | str | Path,
+    reference: BaseModelClass | str | Path,
     *,
     modalities: Mapping[str, str] | None = None,
 ) -> md.MuData:
@@ -146,8 +141,6 @@ def prepare_query(
     >>> query = pengster.data.prepare_query(query, reference_model)
     >>> query.uns["pengster_prepare_query"]["rna"]["missing"][:5]
     """
-    from pengster.model._checks import check_mudata
-
     query = check_mudata(query)
     summary = _summary(reference)
     keys = _query_keys(query, summary, modalities)
@@ -230,7 +223,7 @@ def prepare_query(
     return prepared
 
 
-def is_prepared(query: md.MuData, reference: JointVAE | str | Path | ReferenceSummary) -> bool:
+def is_prepared(query: md.MuData, reference: BaseModelClass | str | Path | ReferenceSummary) -> bool:
     """True when ``query`` has the reference's features and datasets of its own, as :func:`prepare_query` makes."""
     summary = _summary(reference)
     present = {key: names for key, names in summary.var_names.items() if key in query.mod}

@@ -14,12 +14,13 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.train import TrainRunner
 
 from pengster._constants import REGISTRY_KEYS
+from pengster.data import _checks
+from pengster.dataloaders import MosaicDataSplitter
 from pengster.module import JointVAEModule
 from pengster.module._bridge import needs_bridge
+from pengster.train import JointTrainingPlan, training_callbacks, training_guard, training_options
 
-from . import _callbacks, _checks, _outputs, _query, _save, _setup, _speed
-from ._plan import JointTrainingPlan
-from ._splitter import MosaicDataSplitter
+from . import _outputs, _query, _save, _setup
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             Passes over the data (default: scvi-tools' heuristic from the number of cells).
         batch_size
             Cells per minibatch. Default: 256 up to 25k cells, doubling with the data above that (at most 2048),
-            see ``pengster.model._speed.auto_batch_size``. The learning rate is 3e-3 (chosen on a validation
+            see ``pengster.train.auto_batch_size``. The learning rate is 3e-3 (chosen on a validation
             split, ``benchmarks/results/tune.md``); with ``fast`` and the automatic size it grows with the square
             root of the minibatch. ``plan_kwargs={"lr": ...}`` overrides both.
         early_stopping
@@ -314,7 +315,7 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             kwargs.setdefault("early_stopping_monitor", "validation_loss")
             kwargs.setdefault("early_stopping_patience", 20)
         binary = "atac" in self.modalities and self.module.decoders["atac"].likelihood == "bernoulli"
-        batch_size, plan_kwargs, kwargs = _speed.speed_options(
+        batch_size, plan_kwargs, kwargs = training_options(
             n_cells=self.adata.n_obs,
             batch_size=batch_size,
             fast=fast,
@@ -326,8 +327,8 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         )
         # scvi-tools' Trainer sets torch.backends.cudnn.benchmark (a process-wide switch) to True: keep the user's
         kwargs.setdefault("benchmark", torch.backends.cudnn.benchmark)
-        kwargs["callbacks"] = _callbacks.training_callbacks(self, checkpoint_dir, kwargs.get("callbacks"))
-        with _callbacks.training_guard(checkpoint_dir):
+        kwargs["callbacks"] = training_callbacks(self, checkpoint_dir, kwargs.get("callbacks"))
+        with training_guard(checkpoint_dir):
             return super().train(
                 max_epochs=max_epochs,
                 batch_size=batch_size,

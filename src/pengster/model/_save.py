@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from mudata import MuData
 
-from . import _checks
+from pengster.data import _checks
 
 logger = logging.getLogger(__name__)
 

@@ -63,7 +63,7 @@ def check_precision(precision, plugins=None) -> None:
         )
 
 
-def speed_options(
+def training_options(
     *,
     n_cells: int,
     batch_size: int | None,

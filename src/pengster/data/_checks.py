@@ -15,7 +15,9 @@ from anndata import AnnData
 from mudata import MuData
 from scipy import sparse
 
-from pengster._constants import MODALITIES
+from pengster._constants import MODALITIES, REGISTRY_KEYS
+
+from . import _align
 
 logger = logging.getLogger(__name__)
 
@@ -267,8 +269,6 @@ def check_features(mdata: MuData, mod_key: str, reference: pd.Index) -> None:
 
 def feature_mismatch_message(where: str, var_names: pd.Index, reference: pd.Index) -> str:
     """The message for data whose features differ from a model's: which are missing, which unknown, the fix."""
-    import pengster.data
-
     var_names, reference = pd.Index(var_names), pd.Index(reference)
     missing = reference.difference(var_names, sort=False)
     extra = var_names.difference(reference, sort=False)
@@ -279,9 +279,7 @@ def feature_mismatch_message(where: str, var_names: pd.Index, reference: pd.Inde
             f"features that differ from the model's: {len(missing)} missing (e.g. {missing[:5].tolist()}), "
             f"{len(extra)} unknown (e.g. {extra[:5].tolist()})"
         )
-    fix = f"reorder and pad with {where}[:, model_features]"
-    if hasattr(pengster.data, "prepare_query"):
-        fix += " or pengster.data.prepare_query(query, reference)"
+    fix = f"reorder and pad with {where}[:, model_features] or pengster.data.prepare_query(query, reference)"
     return f"{where} has {problem}; {fix}."
 
 
@@ -308,10 +306,6 @@ def check_registered_categories(obs: pd.DataFrame, manager, setup_args: Mapping)
 
     ``obs`` is the aligned obs of the new data; ``manager`` the model's :class:`~scvi.data.AnnDataManager`.
     """
-    from pengster._constants import REGISTRY_KEYS
-
-    from . import _align
-
     checks = [
         (REGISTRY_KEYS.BATCH, _align.BATCH_COLUMN, setup_args.get("batch_key"), "batch_key"),
         (REGISTRY_KEYS.PANEL, _align.PANEL_COLUMN, setup_args.get("dataset_key"), "dataset_key"),
