@@ -83,9 +83,10 @@ class JointVAEModule(BaseModuleClass):
         ``all``: decode every reconstruction term; ``sampled`` / ``single``: in training, importance-sampled terms
         (an unbiased estimate of the same loss with fewer decodes; see ``module/_pairs.py``).
 
-    ``inference``, ``generative`` and ``loss`` change no buffer; what training learns besides the weights (the running
-    mean of the ATAC cell factor and the cell-factor regression) is updated by :meth:`update_running_statistics`,
-    which the training plan calls once per training step.
+    ``inference``, ``generative`` and ``loss`` change none of the module's buffers (torch's batch-norm layers in the
+    decoders keep their statistics as in any torch model); what training learns besides the weights (the running mean
+    of the ATAC cell factor and the cell-factor regression) is updated by :meth:`update_running_statistics`, which the
+    training plan calls once per training step.
     """
 
     def __init__(
