@@ -140,9 +140,10 @@ def _value(mean: float, sd: float, bold: bool) -> str:
     return f'{number}<span class="sd">± {sd:.3f}</span>'
 
 
-def _table(header: list[str], rows: Iterable[list[str]]) -> str:
+def _table(header: list[str], rows: Iterable[list[str]], *, n_text: int = 1) -> str:
+    """A MyST table: the first ``n_text`` columns text (left-aligned), the others numbers (right-aligned)."""
     lines = ["```{table}", ":class: benchmark", "", "| " + " | ".join(header) + " |"]
-    lines.append("|" + "---|" * len(header))
+    lines.append("|" + "---|" * n_text + "---:|" * (len(header) - n_text))
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join([*lines, "```", ""])
 
@@ -203,7 +204,7 @@ def speed_tables(records: list[dict], notes: str) -> str:
                 row.append(f"{r['cells_per_cpu_s']:,.0f}")
             row.append(f"{r['peak_rss_mb'] / 1024:.1f}")
             body.append(row)
-        out += [f"### {machine}", "", f"Measured {date}; {software}.", "", _table(header, body)]
+        out += [f"### {machine}", "", f"Measured {date}; {software}.", "", _table(header, body, n_text=3)]
     return "\n".join(out)
 
 
