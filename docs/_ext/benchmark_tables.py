@@ -161,11 +161,13 @@ def accuracy_tables(records: list[dict]) -> str:
             cells = {m: by_key.get((dataset, task, m)) for m in methods}
             scored = {m: r for m, r in cells.items() if _scored(r)}
             sign = 1 if next(iter(scored.values()))["higher_is_better"] else -1
-            best = max(scored, key=lambda m: sign * scored[m]["mean"])
+            # the best mean as printed: methods that tie at three decimals are all in bold
+            best = max(round(sign * r["mean"], 3) for r in scored.values())
             row = [label or DATASETS[dataset]]
             for method in methods:
                 record = scored.get(method)
-                row.append(_value(record["mean"], record["sd"], method == best) if record else "–")
+                bold = record is not None and round(sign * record["mean"], 3) == best
+                row.append(_value(record["mean"], record["sd"], bold) if record else "–")
             body.append(row)
         out += [f"### {title}", "", caption, "", _table(["data", *(METHODS[m] for m in methods)], body)]
     return "\n".join(out)
@@ -192,8 +194,8 @@ def speed_tables(records: list[dict], notes: str) -> str:
         rows.sort(key=lambda r: (r["dataset"] != "multiome", r["n_cells"], -r["n_peaks"], r["batch_size"], r["method"]))
         gpu = hardware != "cpu-2core"
         header = ["data: cells × peaks", "method", "setting", "batch", "cells/s"]
-        header += ["GPU use %", "GPU memory GB"] if gpu else ["cells per CPU-s"]
-        header += ["host memory GB"]
+        header += ["GPU busy %", "GPU GB"] if gpu else ["cells per CPU-s"]
+        header += ["host GB"]
         body = []
         for r in rows:
             row = [_data_label(r), METHODS[r["method"]], SETTINGS[r["method"], r["variant"]], str(r["batch_size"])]
