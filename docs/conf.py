@@ -13,6 +13,7 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE / "_ext"))
 
+from benchmark_tables import write_benchmark_tables  # noqa: E402
 from offline_inventories import public_module, write_inventories  # noqa: E402
 
 # The notebooks live in ../tutorials (committed executed); Sphinx only reads files under docs/, so copy them in.
@@ -23,7 +24,11 @@ _TUTORIALS.mkdir()
 for notebook in sorted((ROOT / "tutorials").glob("*.ipynb")):
     shutil.copy2(notebook, _TUTORIALS / notebook.name)
 
+# The Benchmarks page includes tables written from the committed results (docs/_ext/benchmark_tables.py).
+write_benchmark_tables(ROOT / "benchmarks" / "results", HERE / "_build" / "benchmark_tables")
+
 project = "pengster"
+REPOSITORY = "https://github.com/pengster/pengster"
 author = "pengster developers"
 copyright = f"{date.today().year}, {author}"
 version = release = pengster.__version__
@@ -36,6 +41,7 @@ extensions = [
     "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
+    "sphinx.ext.extlinks",
     "sphinx_autodoc_typehints",
     "sphinx_design",
     "typed_returns",
@@ -63,6 +69,37 @@ autosummary_imported_members = False
 autodoc_member_order = "groupwise"
 autodoc_default_options = {"inherited-members": False}
 autoclass_content = "class"
+# read by docs/_templates/autosummary/class.rst: the tutorials a class page links to, and the inherited members it
+# documents (a user of JointVAE looks for `history` and `is_trained` on its page, not on scvi-tools' site)
+autosummary_context = {
+    "class_tutorials": {
+        "pengster.model.JointVAE": [
+            ("tutorials/01_snareseq2", "RNA + ATAC"),
+            ("tutorials/02_cite_seq", "RNA + protein"),
+            ("tutorials/03_mosaic", "a mosaic of multiome and CITE-seq"),
+            ("tutorials/04_save_load_query", "saving, loading and reference mapping"),
+        ]
+    },
+    # the inherited members a user of the class calls; scvi-tools' registry plumbing stays on scvi-tools' site
+    "inherited_documented": {
+        "pengster.model.JointVAE": (
+            "scvi-tools' BaseModelClass",
+            [
+                "adata",
+                "device",
+                "history",
+                "is_trained",
+                "summary_string",
+                "test_indices",
+                "train_indices",
+                "validation_indices",
+                "to_device",
+                "view_anndata_setup",
+                "view_setup_args",
+            ],
+        )
+    },
+}
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_rtype = True
@@ -70,7 +107,15 @@ napoleon_use_param = True
 napoleon_custom_sections = [("Params", "Parameters")]
 typehints_defaults = "braces"
 always_use_bars_union = True
+# The return type comes from the annotation and goes into the "Returns" entry ("Axes -- The Axes, one line per
+# key"), not into a second "Return type" block. sphinx-autodoc-typehints marks numpydoc "Returns" sections that have
+# no type line, so that napoleon reads their text as a description rather than as a type name.
 typehints_document_rtype = True
+typehints_use_rtype = False
+napoleon_use_rtype = False
+
+# {repo}`benchmarks/README.md` links a file of the repository
+extlinks = {"repo": (f"{REPOSITORY}/blob/main/%s", "%s")}
 
 bibtex_bibfiles = ["references.bib"]
 bibtex_reference_style = "author_year"
@@ -87,9 +132,12 @@ html_theme = "sphinx_book_theme"
 html_title = "pengster"
 html_static_path = ["_static"]
 html_css_files = ["custom.css"]
+html_favicon = "_static/favicon.svg"
 html_theme_options = {
-    "repository_url": "https://github.com/pengster/pengster",
-    "use_repository_button": False,
+    "repository_url": REPOSITORY,
+    "repository_branch": "main",
+    "path_to_docs": "docs",
+    "use_repository_button": True,
     "navigation_with_keys": False,
     "show_toc_level": 2,
 }

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pengster
-from pengster.dataloaders import loader_from_manager
+from pengster.dataloaders._device_loader import loader_from_manager
 from pengster.module._pairs import pairs, posterior_weights
 
 

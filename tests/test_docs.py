@@ -22,7 +22,7 @@ def read_notebook(path: Path) -> dict:
 
 
 def test_there_are_tutorials():
-    assert [path.stem for path in TUTORIALS][:3] == ["01_multiome", "02_cite_seq", "03_mosaic"]
+    assert [path.stem for path in TUTORIALS][:3] == ["01_snareseq2", "02_cite_seq", "03_mosaic"]
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda path: path.stem)

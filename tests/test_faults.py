@@ -24,7 +24,8 @@ from pengster._constants import REGISTRY_KEYS
 from pengster.data import synthetic_mosaic
 from pengster.model import JointVAE
 from pengster.model._save import FORMAT_VERSION, MANIFEST_NAME
-from pengster.train import LAST_CHECKPOINT, LAST_MODEL, FiniteLossCheck
+from pengster.train import FiniteLossCheck
+from pengster.train._callbacks import LAST_CHECKPOINT, LAST_MODEL
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,7 @@ import scvi
 import torch
 
 import pengster
-from pengster.dataloaders import loader_from_manager
+from pengster.dataloaders._device_loader import loader_from_manager
 from pengster.model import JointVAE
 from pengster.module._constants import MODULE_KEYS
 

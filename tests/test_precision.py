@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import pengster
-from pengster.dataloaders import loader_from_manager
+from pengster.dataloaders._device_loader import loader_from_manager
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_unsupported_precision_named_with_the_fix(mosaic, precision):
 def test_precision_plugins_checked_like_the_precision_argument():
     from lightning.pytorch.plugins import DoublePrecision, HalfPrecision, MixedPrecision, Precision
 
-    from pengster.train import check_precision
+    from pengster.train._options import check_precision
 
     check_precision(None, [Precision()])
     check_precision("bf16-mixed", [MixedPrecision("bf16-mixed", "cpu")])

@@ -10,7 +10,8 @@ from scipy import sparse
 
 from pengster.dataloaders import DeviceMinibatchLoader
 from pengster.dataloaders._device_loader import _rank_share
-from pengster.train import BASE_LR, auto_batch_size, scaled_lr
+from pengster.train import auto_batch_size, scaled_lr
+from pengster.train._options import BASE_LR
 
 
 def _counts(n_cells=300, n_features=50, density=0.1, seed=0):

@@ -2,7 +2,7 @@
 
 Usage, from the repository root (the real data in ``../shared/data`` or ``$PENGSTER_DATA_DIR``)::
 
-    .venv/bin/python tutorials/execute.py tutorials/01_multiome.ipynb [more notebooks ...]
+    .venv/bin/python tutorials/execute.py tutorials/01_snareseq2.ipynb [more notebooks ...]
 
 Each notebook runs in a fresh kernel from the ``tutorials/`` folder with one CPU thread (``OMP_NUM_THREADS``,
 ``MKL_NUM_THREADS`` and ``NUMBA_NUM_THREADS`` set to 1; the notebooks also call ``torch.set_num_threads(1)``). Its

@@ -87,6 +87,7 @@ INVENTORIES: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
             "torch.Tensor": ("py:class", "tensors.html#torch.Tensor"),
             "torch.nn.Module": ("py:class", "generated/torch.nn.Module.html#torch.nn.Module"),
             "torch.set_num_threads": ("py:function", "generated/torch.set_num_threads.html"),
+            "torch.device": ("py:class", "tensor_attributes.html#torch.device"),
             "torch.distributions.distribution.Distribution": (
                 "py:class",
                 "distributions.html#torch.distributions.distribution.Distribution",
@@ -150,6 +151,11 @@ INVENTORIES: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
                 "py:method",
                 "api/reference/scvi.data.AnnDataManager.html#scvi.data.AnnDataManager.register_fields",
             ),
+            "scvi.data.AnnDataManager.transfer_fields": (
+                "py:method",
+                "api/reference/scvi.data.AnnDataManager.html#scvi.data.AnnDataManager.transfer_fields",
+            ),
+            "scvi.utils.attrdict": ("py:class", "api/reference/scvi.utils.attrdict.html#scvi.utils.attrdict"),
             "scvi.module.base.BaseModuleClass": (
                 "py:class",
                 "api/reference/scvi.module.base.BaseModuleClass.html#scvi.module.base.BaseModuleClass",
@@ -173,6 +179,8 @@ PUBLIC_MODULES = {
     "matplotlib.figure": "matplotlib.figure",
     "scvi.module.base._base_module": "scvi.module.base",
     "scvi.model.base._base_model": "scvi.model.base",
+    "scvi.data._manager": "scvi.data",
+    "scvi.utils._attrdict": "scvi.utils",
     "numpy.random._generator": "numpy.random",
 }
 

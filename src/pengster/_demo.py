@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -39,6 +40,37 @@ def _scores(observed: np.ndarray, predicted: np.ndarray, *, binary: bool = False
 
 def _dense(matrix) -> np.ndarray:
     return np.asarray(matrix.toarray() if hasattr(matrix, "toarray") else matrix, dtype=np.float64)
+
+
+# BMMC's fine labels (about 45 over both runs) as broad types, so that the UMAP's legend stays legible
+_BROAD_CELL_TYPES = {
+    "CD4+ T": r"^CD4\+ T|^T reg",
+    "CD8+ T": r"^CD8\+ T|^MAIT|^gdT",
+    "NK and ILC": r"^NK|^ILC",
+    "B and plasma": r"\bB\b|^Plasma",
+    "monocyte": r"Mono",
+    "dendritic": r"DC\d?$",
+    "erythroid": r"^Erythro|^Normo|^Proery|^Reticulo",
+    "progenitor": r"prog$|^HSC",
+}
+
+
+def _broad_cell_type(fine: str) -> str:
+    return next((broad for broad, pattern in _BROAD_CELL_TYPES.items() if re.search(pattern, fine)), "other")
+
+
+def _umap_figure(embedding: ad.AnnData, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    embedding.obs["broad cell type"] = pd.Categorical(
+        [_broad_cell_type(fine) for fine in embedding.obs["cell_type"]], categories=[*_BROAD_CELL_TYPES, "other"]
+    ).remove_unused_categories()
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"wspace": 0.45})
+    for ax, key in zip(axes, ["broad cell type", "dataset"], strict=True):
+        sc.pl.umap(embedding, color=key, ax=ax, show=False, frameon=False, legend_fontsize=10, title=key)
+    figure.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(figure)
 
 
 def run_demo(out_dir: str | Path = "demo_output", *, max_epochs: int = 300, seed: int = 0) -> pd.DataFrame:
@@ -104,8 +136,7 @@ def run_demo(out_dir: str | Path = "demo_output", *, max_epochs: int = 300, seed
     sc.pp.neighbors(embedding, use_rep="X_pengster", random_state=seed)
     sc.tl.umap(embedding, random_state=seed)
     mdata.obsm["X_umap"] = embedding.obsm["X_umap"]
-    figure = sc.pl.umap(embedding, color=["cell_type", "dataset"], show=False, return_fig=True, wspace=0.9)
-    figure.savefig(out_dir / "umap.png", dpi=110, bbox_inches="tight")
+    _umap_figure(embedding, out_dir / "umap.png")
     mdata.write(out_dir / "pengster_demo.h5mu")
     table.to_csv(out_dir / "metrics.csv")
     elapsed = time.perf_counter() - start

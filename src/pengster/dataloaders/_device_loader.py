@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ class DeviceMinibatchLoader:
     Parameters
     ----------
     matrices
-        Registry key -> count matrix (see :class:`RowSource`), all with the same rows.
+        Registry key -> count matrix (see ``RowSource`` in ``dataloaders/_blocks.py``), all with the same rows.
     obs
         Registry key -> array of shape ``(n_cells, k)`` (batch, panel, covariates, modality flags).
     indices
@@ -72,7 +72,7 @@ class DeviceMinibatchLoader:
         shuffle: bool = True,
         resident: bool | None = None,
         chunk_cells: int = 65_536,
-        binary_keys: tuple[str, ...] = (),
+        binary_keys: Sequence[str] = (),
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,

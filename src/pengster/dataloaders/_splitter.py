@@ -16,7 +16,7 @@ from ._sampler import MosaicBatchSampler
 
 
 class MosaicDataSplitter(DataSplitter):
-    """scvi-tools' :class:`~scvi.dataloaders.DataSplitter` whose training loader uses :class:`MosaicBatchSampler`.
+    """scvi-tools' ``DataSplitter`` whose training loader uses :class:`~pengster.dataloaders.MosaicBatchSampler`.
 
     The validation split is stratified by dataset too, so that every dataset is scored in early stopping.
     """

@@ -22,7 +22,7 @@ class FactorBernoulli(Distribution):
     cell_factor
         Cell factor in ``(0, 1)`` of shape ``(n_cells, 1)``.
     validate_args
-        As in :class:`torch.distributions.Distribution`; the module passes False, so that a non-finite parameter
+        As in ``torch.distributions.Distribution``; the module passes False, so that a non-finite parameter
         reaches the loss (where training stops and names it) instead of failing here.
     """
 

@@ -18,7 +18,9 @@ from pengster.data import _checks
 from pengster.dataloaders import MosaicDataSplitter
 from pengster.module import JointVAEModule
 from pengster.module._bridge import needs_bridge
-from pengster.train import JointTrainingPlan, training_callbacks, training_guard, training_options
+from pengster.train import JointTrainingPlan
+from pengster.train._callbacks import training_callbacks, training_guard
+from pengster.train._options import training_options
 
 from . import _outputs, _query, _save, _setup
 

@@ -43,6 +43,11 @@ def _long_or_none(values: torch.Tensor | None) -> torch.Tensor | None:
 class JointVAEModule(BaseModuleClass):
     """The torch module behind :class:`pengster.model.JointVAE`.
 
+    ``inference``, ``generative`` and ``loss`` change none of the module's buffers (torch's batch-norm layers in the
+    decoders keep their statistics as in any torch model); what training learns besides the weights (the running mean
+    of the ATAC cell factor and the cell-factor regression) is updated by :meth:`update_running_statistics`, which the
+    training plan calls once per training step.
+
     Parameters
     ----------
     n_features
@@ -83,10 +88,6 @@ class JointVAEModule(BaseModuleClass):
         ``all``: decode every reconstruction term; ``sampled`` / ``single``: in training, importance-sampled terms
         (an unbiased estimate of the same loss with fewer decodes; see ``module/_pairs.py``).
 
-    ``inference``, ``generative`` and ``loss`` change none of the module's buffers (torch's batch-norm layers in the
-    decoders keep their statistics as in any torch model); what training learns besides the weights (the running mean
-    of the ATAC cell factor and the cell-factor regression) is updated by :meth:`update_running_statistics`, which the
-    training plan calls once per training step.
     """
 
     def __init__(
@@ -229,7 +230,9 @@ class JointVAEModule(BaseModuleClass):
             "pairs": self.reconstruction_pairs(inference_outputs[MODULE_KEYS.HAS]),
         }
 
-    def reconstruction_pairs(self, has: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, ...]]:
+    def reconstruction_pairs(
+        self, has: Mapping[str, torch.Tensor]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Modality -> ``(posterior, cell, weight)`` of the reconstruction terms of the interdependent ELBO.
 
         See ``pengster.module._pairs.pairs``: every term, or in training with ``cross_terms`` ``sampled`` or

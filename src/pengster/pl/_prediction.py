@@ -73,10 +73,17 @@ def predicted_vs_observed(
     keep = np.isfinite(x) & np.isfinite(y)
     ax = ax if ax is not None else plt.subplots(figsize=(3.5, 3.5))[1]
     if std is not None:
+        # faint, and under the points: hundreds of overlapping bars would otherwise hide the cells they belong to
         ax.errorbar(
-            x[keep], y[keep], yerr=std[feature].to_numpy(dtype=float)[keep], fmt="none", ecolor="0.75", elinewidth=0.6
+            x[keep],
+            y[keep],
+            yerr=std[feature].to_numpy(dtype=float)[keep],
+            fmt="none",
+            ecolor=(0.5, 0.5, 0.5, 0.2),
+            elinewidth=0.5,
+            zorder=1,
         )
-    ax.scatter(x[keep], y[keep], s=6, alpha=0.7, linewidths=0)
+    ax.scatter(x[keep], y[keep], s=7, alpha=0.8, linewidths=0, zorder=2)
     if keep.any():
         low = min(x[keep].min(), y[keep].min())
         high = max(x[keep].max(), y[keep].max())

@@ -26,10 +26,10 @@ def auto_batch_size(n_cells: int) -> int:
 
 
 def scaled_lr(batch_size: int) -> float:
-    """Adam learning rate for ``batch_size``: square-root scaling from :data:`BASE_LR` at 256 :cite:p:`malladi2022sde`.
+    """Adam learning rate for ``batch_size``: square-root scaling from 3e-3 at 256 :cite:p:`malladi2022sde`.
 
     The square-root rule keeps the variance of an Adam update constant when the minibatch grows; below 256
-    :data:`BASE_LR` is kept.
+    ``BASE_LR`` is kept.
     """
     return BASE_LR * math.sqrt(max(batch_size, BASE_BATCH_SIZE) / BASE_BATCH_SIZE)
 

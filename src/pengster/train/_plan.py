@@ -7,7 +7,7 @@ from scvi.train import TrainingPlan
 
 
 class JointTrainingPlan(TrainingPlan):
-    """:class:`scvi.train.TrainingPlan` whose training step also updates the module's running statistics.
+    """scvi-tools' ``TrainingPlan`` whose training step also updates the module's running statistics.
 
     The module's ``inference``, ``generative`` and ``loss`` change no buffer; after each training step's forward pass
     :meth:`~pengster.module.JointVAEModule.update_running_statistics` folds the minibatch into the running mean of
@@ -36,6 +36,6 @@ class JointTrainingPlan(TrainingPlan):
         return loss_output.loss
 
     def compute_and_log_metrics(self, loss_output, metrics, mode):
-        """See :meth:`scvi.train.TrainingPlan.compute_and_log_metrics`."""
+        """scvi-tools' ``compute_and_log_metrics``, under ``no_grad``."""
         with torch.no_grad():
             return TrainingPlan.compute_and_log_metrics.__wrapped__(self, loss_output, metrics, mode)
