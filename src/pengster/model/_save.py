@@ -1,56 +1,136 @@
-"""Atomic saves of a JointVAE with a manifest (versions, registry, checksums), and the checks made on loading.
+"""Saving a JointVAE as data: the weights as safetensors, everything else as JSON, written atomically.
 
-A save is written into a hidden temporary folder next to ``dir_path``, the manifest last, and renamed into place,
-so a crash mid-save leaves the previous model (or nothing) at ``dir_path``, never a half-written one.
+A saved model is a folder holding
+
+- ``model.safetensors``: the module's tensors (safetensors holds tensors and nothing else, so reading it runs no code);
+- ``adata.h5mu``: with ``save_anndata=True``, the MuData the model was built on;
+- ``pengster.json``, the manifest, written last: versions, model class, setup arguments and registry, the arguments of
+  ``JointVAE(...)``, feature names, training attributes, and the size and SHA-256 of each file. The checksums catch
+  a damaged or truncated file; they are no protection against someone who can write the folder (who can write the
+  manifest too): that protection is that loading reads only data.
+
+A save is written into a hidden temporary folder next to ``dir_path`` and renamed into place, so a crash mid-save
+leaves the previous model (or nothing) at ``dir_path``, never a half-written one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import tempfile
 import uuid
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from mudata import MuData
-
-from . import _checks
-
-logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "pengster.json"
 """File of a saved model's folder naming its versions, registry and checksums; written last."""
 
-FORMAT_VERSION = 1
-"""Layout of a saved model; bumped when a newer pengster saves what an older one cannot read."""
+FORMAT_VERSION = 2
+"""Layout of a saved model; bumped when a newer pengster saves what an older one cannot read. 1: pickled (0.1)."""
 
-_MODEL_FILE = "model.pt"
-_HASHED_FILES = (_MODEL_FILE,)
+WEIGHTS_FILE = "model.safetensors"
+DATA_FILE = "adata.h5mu"
+LEGACY_FILE = "model.pt"
+"""The pickled file of a model saved by pengster 0.1 (scvi-tools' format)."""
+
+SAVED_ATTRIBUTES = ("is_trained_", "is_query_", "train_indices_", "validation_indices_", "test_indices_", "history_")
+"""Attributes of a model that a save keeps besides its weights, registry and ``init_params_``."""
+
+_ARRAY, _FRAME = "__ndarray__", "__dataframe__"
+_ARRAY_KINDS = "biufUO"  # bool, integers, floats, unicode, and object arrays of plain values (category names)
 
 
-def _jsonable(value):
-    """``value`` with numpy arrays, scalars and pandas indexes turned into lists and numbers."""
+def to_json(value, where: str):
+    """``value`` as JSON values; numpy arrays and DataFrames become tagged objects that :func:`from_json` reads back.
+
+    Raises a TypeError naming ``where`` for anything else, so a save never writes what a load could not rebuild.
+    """
     if isinstance(value, Mapping):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, np.ndarray | pd.Index):
-        return [_jsonable(item) for item in np.asarray(value).tolist()]
+        return {str(key): to_json(item, f"{where}[{key!r}]") for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    if isinstance(value, pd.DataFrame):
+        return {
+            _FRAME: {
+                "columns": to_json(value.columns.to_numpy(), f"{where}.columns"),
+                "index": to_json(value.index.to_numpy(), f"{where}.index"),
+                "index_name": to_json(value.index.name, f"{where}.index.name"),
+                "data": [to_json(value[column].to_numpy(), f"{where}[{column!r}]") for column in value.columns],
+            }
+        }
+    if isinstance(value, pd.Index):
+        value = value.to_numpy()
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in _ARRAY_KINDS:
+            raise TypeError(f"{where} is an array of dtype {value.dtype}, which a saved model cannot hold.")
+        items = value.ravel().tolist()
+        if value.dtype.kind == "O":
+            items = [to_json(item, f"{where}[{index}]") for index, item in enumerate(items)]
+        return {_ARRAY: items, "dtype": value.dtype.str, "shape": list(value.shape)}
     if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, str | int | float | bool):
+        value = value.item()
+    if value is None or isinstance(value, str | bool | int | float):
         return value
-    return str(value)
+    raise TypeError(
+        f"{where} is a {type(value).__name__}; a saved model holds only numbers, strings, lists, dicts, numpy arrays "
+        "and DataFrames."
+    )
 
 
-def _sha256(path: Path) -> str:
+class InvalidSave(ValueError):
+    """A saved model's manifest holds something that pengster does not write."""
+
+
+def from_json(value, where: str):
+    """The inverse of :func:`to_json`; raises :class:`InvalidSave` naming ``where`` for anything it did not write."""
+    if isinstance(value, list):
+        return [from_json(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    if not isinstance(value, dict):
+        return value  # json.load gives only str, int, float, bool and None besides lists and dicts
+    if _ARRAY in value:
+        if set(value) != {_ARRAY, "dtype", "shape"} or not isinstance(value[_ARRAY], list):
+            raise InvalidSave(f"{where} is not an array written by pengster.")
+        try:
+            dtype = np.dtype(value["dtype"])
+            shape = tuple(int(n) for n in value["shape"])
+        except (TypeError, ValueError):
+            raise InvalidSave(f"{where} has an invalid dtype or shape.") from None
+        items = value[_ARRAY]
+        if dtype.kind not in _ARRAY_KINDS or any(isinstance(item, list | dict) for item in items):
+            raise InvalidSave(f"{where} is an array of {dtype} or of nested values, which pengster does not write.")
+        try:
+            return np.array(items, dtype=dtype).reshape(shape)
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidSave(f"{where} does not hold {int(np.prod(shape))} values of {dtype}.") from None
+    if _FRAME in value:
+        frame = value[_FRAME]
+        if (
+            set(value) != {_FRAME}
+            or not isinstance(frame, dict)
+            or set(frame) != {"columns", "index", "index_name", "data"}
+        ):
+            raise InvalidSave(f"{where} is not a table written by pengster.")
+        columns, index = from_json(frame["columns"], f"{where}.columns"), from_json(frame["index"], f"{where}.index")
+        data = [from_json(column, f"{where}.data") for column in frame["data"]]
+        if not isinstance(columns, np.ndarray) or not isinstance(index, np.ndarray) or len(data) != len(columns):
+            raise InvalidSave(f"{where} is not a table written by pengster.")
+        try:
+            table = pd.DataFrame(dict(zip(range(len(columns)), data, strict=True)), index=index)
+        except (TypeError, ValueError):
+            raise InvalidSave(f"{where} is not a table written by pengster.") from None
+        table.columns = columns
+        table.index.name = frame["index_name"] if isinstance(frame["index_name"], str) else None
+        return table
+    return {key: from_json(item, f"{where}[{key!r}]") for key, item in value.items()}
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -58,56 +138,80 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def manifest(model, folder: Path) -> dict:
-    """The manifest of ``model`` whose files were just written to ``folder``."""
-    import scvi
-    import torch
+def registry_modalities(registry: Mapping) -> dict[str, str]:
+    """Modality -> ``mdata.mod`` key, read from the count fields of a registry."""
+    from pengster._constants import MODALITIES, REGISTRY_KEYS
 
-    import pengster
-
+    fields = registry.get("field_registries", {})
     return {
-        "format_version": FORMAT_VERSION,
-        "pengster_version": pengster.__version__,
-        "scvi_tools_version": scvi.__version__,
-        "torch_version": torch.__version__,
-        "model_class": type(model).__name__,
-        "modalities": dict(model.modalities),
-        "var_names": {key: model.adata.mod[key].var_names.tolist() for key in model.modalities.values()},
-        "registry": _jsonable(model.adata_manager._registry),
-        "files": {
-            name: {"sha256": _sha256(folder / name), "bytes": (folder / name).stat().st_size}
-            for name in _HASHED_FILES
-            if (folder / name).exists()
-        },
+        m: fields[REGISTRY_KEYS.counts(m)]["data_registry"]["mod_key"]
+        for m in MODALITIES
+        if REGISTRY_KEYS.counts(m) in fields
     }
 
 
-def save_atomically(model, dir_path: str | os.PathLike, *, overwrite: bool, write: Callable[[str], None]) -> None:
-    """Write a model with ``write(folder)`` into a temporary folder, add the manifest, and rename it to ``dir_path``.
+def write_folder(
+    dir_path: str | os.PathLike,
+    *,
+    overwrite: bool,
+    state_dict: Mapping,
+    description: dict,
+    write_data: Callable[[Path], None] | None = None,
+    save_kwargs: dict | None = None,
+) -> Path:
+    """Write a saved model: weights, optional data, then the manifest, into a staging folder renamed to ``dir_path``.
 
     Parameters
     ----------
-    model
-        The JointVAE being saved.
     dir_path
         Final folder of the model.
     overwrite
         Replace an existing ``dir_path``; it stays intact until the new save is complete.
-    write
-        Writes the model's files into the folder it is given (scvi-tools' save).
+    state_dict
+        The module's tensors.
+    description
+        Manifest entries besides the versions and files: ``model_class``, ``registry``, ``init_params``,
+        ``attributes``, ``var_names`` (plain or numpy values; encoded here).
+    write_data
+        Writes the MuData to the path it is given (``save_anndata=True``).
+    save_kwargs
+        Passed to :func:`safetensors.torch.save_file` (e.g. ``metadata``).
     """
+    import scvi
+    import torch
+    from safetensors.torch import save_file
+
+    import pengster
+
     target = Path(dir_path)
     if target.exists() and not overwrite:
         raise ValueError(f"{str(target)!r} already exists; pass overwrite=True to replace it, or another dir_path.")
     if target.exists() and not target.is_dir():
         raise ValueError(f"{str(target)!r} is a file, not a folder; pass another dir_path.")
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "pengster_version": pengster.__version__,
+        "scvi_tools_version": scvi.__version__,
+        "torch_version": torch.__version__,
+        "model_class": description["model_class"],
+        "modalities": registry_modalities(description["registry"]),
+        **{key: to_json(description[key], key) for key in ("var_names", "registry", "init_params", "attributes")},
+    }
+    # safetensors refuses tensors that share memory or are not contiguous: each is written as its own copy
+    tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in state_dict.items()}
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
     try:
-        write(str(staging))
-        content = json.dumps(manifest(model, staging), indent=1)
+        save_file(tensors, str(staging / WEIGHTS_FILE), **(save_kwargs or {}))
+        if write_data is not None:
+            write_data(staging / DATA_FILE)
+        manifest["files"] = {
+            path.name: {"sha256": sha256(path), "bytes": path.stat().st_size}
+            for path in (staging / WEIGHTS_FILE, staging / DATA_FILE)
+            if path.exists()
+        }
         with open(staging / MANIFEST_NAME, "w") as handle:
-            handle.write(content)
+            handle.write(json.dumps(manifest, indent=1))
             handle.flush()
             os.fsync(handle.fileno())
         if target.exists():
@@ -121,88 +225,38 @@ def save_atomically(model, dir_path: str | os.PathLike, *, overwrite: bool, writ
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return target
 
 
-def read_manifest(dir_path: str | os.PathLike) -> dict | None:
-    """The manifest of a saved model, or None for a folder saved before manifests existed."""
-    folder = Path(dir_path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{str(folder)!r} is not a folder; pass the dir_path given to JointVAE.save.")
-    path = folder / MANIFEST_NAME
-    if not path.exists():
-        return None
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(
-            f"{str(path)!r} is not valid JSON ({error}); the saved model is damaged: save the model again."
-        ) from None
+def save_model(
+    model,
+    dir_path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    save_anndata: bool = False,
+    save_kwargs: dict | None = None,
+    **anndata_write_kwargs,
+) -> None:
+    """Save ``model`` (see :meth:`pengster.model.JointVAE.save`)."""
+    attributes = {name: getattr(model, name) for name in SAVED_ATTRIBUTES if hasattr(model, name)}
+    description = {
+        "model_class": type(model).__name__,
+        "registry": model.adata_manager.registry,
+        "init_params": model.init_params_,
+        "attributes": attributes,
+        "var_names": {key: model.adata.mod[key].var_names for key in model.modalities.values()},
+    }
+    write_data = None
+    if save_anndata:
+        # the user's MuData, not the internal aligned view: load(dir_path) sets it up again from the setup arguments
+        def write_data(path: Path) -> None:
+            model.mdata.write(str(path), **anndata_write_kwargs)
 
-
-def check_saved(dir_path: str | os.PathLike, *, model_class: str, mdata: MuData | None) -> dict | None:
-    """Raise unless ``dir_path`` holds a complete model this pengster can read, fitting ``mdata``'s features.
-
-    Returns the manifest (None for a model saved before manifests, loaded with a warning).
-    """
-    import pengster
-
-    folder = Path(dir_path)
-    info = read_manifest(folder)
-    if not (folder / _MODEL_FILE).exists():
-        raise FileNotFoundError(
-            f"{str(folder)!r} has no {_MODEL_FILE}; it is not a saved JointVAE (or its save did not finish). "
-            "Pass the dir_path given to JointVAE.save."
-        )
-    if info is None:
-        warnings.warn(
-            f"{str(folder)!r} has no {MANIFEST_NAME}: it was saved by pengster 0.1.0 or by scvi-tools directly, so "
-            "its versions and checksum cannot be checked. Save it again to add them.",
-            UserWarning,
-            stacklevel=3,
-        )
-        try:
-            from scvi.model.base._save_load import _load_saved_files
-
-            _, var_names, _, _ = _load_saved_files(str(folder), load_adata=False, map_location="cpu")
-        except Exception as error:  # noqa: BLE001 - any failure to read it means a damaged file
-            raise ValueError(
-                f"{str(folder / _MODEL_FILE)!r} cannot be read ({type(error).__name__}: {error}); it is damaged or "
-                "truncated. Save the model again, or restore the folder from a copy."
-            ) from None
-        info = {"var_names": var_names if isinstance(var_names, Mapping) else {}}
-        _check_features(info, mdata, folder)
-        return None
-    saved_format = info.get("format_version")
-    saved_version = info.get("pengster_version", "unknown")
-    if not isinstance(saved_format, int) or saved_format > FORMAT_VERSION or saved_format < 1:
-        raise ValueError(
-            f"{str(folder)!r} was saved by pengster {saved_version} in format {saved_format}; this pengster "
-            f"{pengster.__version__} reads formats 1 to {FORMAT_VERSION}. Load it with pengster {saved_version} "
-            "(pip install pengster==<that version>), or upgrade pengster."
-        )
-    if info.get("model_class") != model_class:
-        raise ValueError(
-            f"{str(folder)!r} holds a {info.get('model_class')}, not a {model_class}; load it with "
-            f"pengster.model.{info.get('model_class')}.load."
-        )
-    for name, expected in info.get("files", {}).items():
-        path = folder / name
-        if not path.exists() or path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
-            raise ValueError(
-                f"{str(path)!r} does not match the checksum written when it was saved: it is damaged, truncated or "
-                "was changed afterwards. Save the model again, or restore the folder from a copy."
-            )
-    _check_features(info, mdata, folder)
-    return info
-
-
-def _check_features(info: dict, mdata: MuData | None, folder: Path) -> None:
-    if mdata is None or not isinstance(mdata, MuData):
-        return
-    for mod_key, names in info.get("var_names", {}).items():
-        if mod_key in mdata.mod and not mdata.mod[mod_key].var_names.equals(pd.Index(names)):
-            raise ValueError(
-                _checks.feature_mismatch_message(f"mdata.mod[{mod_key!r}]", mdata.mod[mod_key].var_names, names)
-                + f" The model in {str(folder)!r} was trained on {len(names)} features of {mod_key!r}."
-            )
+    write_folder(
+        dir_path,
+        overwrite=overwrite,
+        state_dict=model.module.state_dict(),
+        description=description,
+        write_data=write_data,
+        save_kwargs=save_kwargs,
+    )
