@@ -445,9 +445,9 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         save_anndata
             Also save the MuData the model was built on (``model.mdata``), so that ``load(dir_path)`` needs no data.
         save_kwargs
-            Passed to :func:`safetensors.torch.save_file` (e.g. ``{"metadata": {...}}``).
+            Passed to ``safetensors.torch.save_file`` (e.g. ``{"metadata": {...}}``).
         **anndata_write_kwargs
-            Passed to :meth:`mudata.MuData.write` (e.g. ``compression="gzip"``).
+            Passed to ``MuData.write`` (e.g. ``compression="gzip"``).
         """
         _save.save_model(
             self,

@@ -29,12 +29,13 @@ _LEGACY_KEYS = ("model_state_dict", "var_names", "attr_dict")
 
 
 def convert_legacy(dir_path: str | os.PathLike, *, trust: bool = False, out: str | os.PathLike | None = None) -> Path:
-    """Convert a model saved by pengster 0.1 into the current format, which :meth:`JointVAE.load` reads.
+    """Convert a model saved by pengster 0.1 into the current format, which :meth:`~pengster.model.JointVAE.load` reads.
 
     pengster 0.1 saved models as scvi-tools does, with a Python pickle (``model.pt``). Reading a pickle runs whatever
-    code it contains, so a pickle from someone else can do anything your account can. :meth:`JointVAE.load` therefore
-    refuses such folders; this function reads one, once, when you say you trust it, and writes the weights as
-    safetensors and everything else as JSON, which loading reads without running anything.
+    code it contains, so a pickle from someone else can do anything your account can, and
+    :meth:`~pengster.model.JointVAE.load` therefore refuses such folders. This function reads one, once, when you say
+    you trust it, and writes the weights as safetensors and everything else as JSON, which loading reads without
+    running anything.
 
     Parameters
     ----------

@@ -175,7 +175,7 @@ def write_folder(
     write_data
         Writes the MuData to the path it is given (``save_anndata=True``).
     save_kwargs
-        Passed to :func:`safetensors.torch.save_file` (e.g. ``metadata``).
+        Passed to ``safetensors.torch.save_file`` (e.g. ``metadata``).
     """
     import scvi
     import torch
