@@ -195,7 +195,9 @@ def write_folder(
         "torch_version": torch.__version__,
         "model_class": description["model_class"],
         "modalities": registry_modalities(description["registry"]),
-        **{key: to_json(description[key], key) for key in ("var_names", "registry", "init_params", "attributes")},
+        # feature names as plain lists of strings, readable in the file
+        "var_names": {str(key): [str(name) for name in names] for key, names in description["var_names"].items()},
+        **{key: to_json(description[key], key) for key in ("registry", "init_params", "attributes")},
     }
     # safetensors refuses tensors that share memory or are not contiguous: each is written as its own copy
     tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in state_dict.items()}
@@ -228,6 +230,45 @@ def write_folder(
     return target
 
 
+def detached_copy(mdata):
+    """A MuData sharing ``mdata``'s arrays but not its tables, so that writing it cannot change ``mdata``.
+
+    mudata's writer turns string columns of each modality's ``obs``/``var`` into categoricals in place and calls
+    ``update()``; on this copy that touches only copied tables.
+    """
+    from anndata import AnnData
+    from mudata import MuData
+
+    def detached(adata: AnnData) -> AnnData:
+        raw = adata.raw
+        return AnnData(
+            X=adata.X,
+            obs=adata.obs.copy(),
+            var=adata.var.copy(),
+            uns=adata.uns,
+            obsm=dict(adata.obsm),
+            varm=dict(adata.varm),
+            obsp=dict(adata.obsp),
+            varp=dict(adata.varp),
+            layers=dict(adata.layers),
+            raw=None if raw is None else {"X": raw.X, "var": raw.var.copy(), "varm": dict(raw.varm)},
+        )
+
+    return MuData(
+        {key: detached(adata) for key, adata in mdata.mod.items()},
+        obs=mdata.obs.copy(),
+        var=mdata.var.copy(),
+        obsm=dict(mdata.obsm),
+        varm=dict(mdata.varm),
+        obsp=dict(mdata.obsp),
+        varp=dict(mdata.varp),
+        obsmap=dict(mdata.obsmap),
+        varmap=dict(mdata.varmap),
+        uns=mdata.uns,
+        axis=mdata.axis,
+    )
+
+
 def save_model(
     model,
     dir_path: str | os.PathLike,
@@ -248,9 +289,15 @@ def save_model(
     }
     write_data = None
     if save_anndata:
+        if model.mdata.isbacked:
+            raise ValueError(
+                f"save_anndata=True with a backed MuData: its data already lives in {model.mdata.filename!r}. Save "
+                "without save_anndata and load with JointVAE.load(dir_path, adata=mudata.read_h5mu(that file))."
+            )
+
         # the user's MuData, not the internal aligned view: load(dir_path) sets it up again from the setup arguments
         def write_data(path: Path) -> None:
-            model.mdata.write(str(path), **anndata_write_kwargs)
+            detached_copy(model.mdata).write(str(path), **anndata_write_kwargs)
 
     write_folder(
         dir_path,
