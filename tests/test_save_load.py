@@ -107,6 +107,19 @@ def test_save_load_round_trips_exactly(trained, tmp_path, save_anndata):
         )
 
 
+def test_load_with_part_of_the_data(trained, tmp_path):
+    """Data holding fewer batches and datasets than the model was trained on (e.g. one lab's share of an atlas)."""
+    mdata, model = trained
+    model.save(tmp_path / "model")
+    part = mdata[(mdata.obs["batch"] == "b0").to_numpy() & (mdata.obs["dataset"] == "cite").to_numpy()].copy()
+    loaded = JointVAE.load(str(tmp_path / "model"), adata=part)
+    for key, value in model.module.state_dict().items():
+        assert torch.equal(loaded.module.state_dict()[key], value), key
+    np.testing.assert_allclose(
+        loaded.get_latent_representation(), model.get_latent_representation(part), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_load_without_data_of_a_model_saved_without_it_says_what_to_pass(trained, tmp_path):
     _, model = trained
     model.save(tmp_path / "model")
@@ -306,3 +319,20 @@ def test_0_1_setup_arguments_take_the_form_of_the_current_setup_mudata(trained):
     }
     # arguments that already fit setup_mudata are kept as they are
     assert setup_args_for(JointVAE.setup_mudata, registry) == registry["setup_args"]
+
+
+def test_query_model_from_a_saved_reference_saves_and_loads_as_a_query_model(trained, tmp_path):
+    mdata, model = trained
+    model.save(tmp_path / "reference")
+    query = _mosaic()
+    query.obs["batch"] = "new_lab"  # a batch the reference never saw
+    with pytest.raises(ValueError, match=r"inplace_subset_query_vars=True is not supported: .* leave it False"):
+        JointVAE.load_query_data(query, str(tmp_path / "reference"), inplace_subset_query_vars=True)
+    query_model = JointVAE.load_query_data(query, str(tmp_path / "reference"))
+    query_model.train(max_epochs=1, batch_size=32, enable_progress_bar=False)
+    query_model.save(tmp_path / "query", save_anndata=True)
+    loaded = JointVAE.load(str(tmp_path / "query"))
+    assert loaded.is_query_ and loaded.is_trained_
+    np.testing.assert_array_equal(loaded.get_latent_representation(), query_model.get_latent_representation())
+    batches = loaded.adata_manager.get_state_registry("batch").categorical_mapping
+    assert list(batches) == [*model.adata_manager.get_state_registry("batch").categorical_mapping, "new_lab"]

@@ -7,6 +7,7 @@ the saved setup arguments and registry, ``JointVAE(adata, **init_params)`` build
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -251,6 +252,18 @@ def load_model(cls, dir_path: str | os.PathLike, adata: MuData | None, *, accele
     check_features(saved.var_names, adata, folder)
     kwargs = init_kwargs(saved, cls)
     cls.setup_mudata(adata, source_registry=saved.registry, **saved.setup_args)
+    # the module is sized by the data's batches and datasets; ``adata`` may hold fewer than the registry (a query
+    # model's data without the reference cells, a subset of the training data): size it by the saved tensors, which
+    # load_state_dict puts in place anyway
+    prepared = cls._store.get(adata)
+    cls._store.put(
+        adata,
+        dataclasses.replace(
+            prepared,
+            feature_masks={m: saved.state_dict[f"feature_mask_{m}"].numpy() for m in prepared.modalities},
+            batch_has_modality=saved.state_dict["batch_has_modality"].numpy(),
+        ),
+    )
     model = cls(adata, **kwargs)
     check_weights(folder / WEIGHTS_FILE, saved.state_dict, model.module.state_dict())
     model.module.load_state_dict(saved.state_dict)
