@@ -464,6 +464,10 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
     ) -> JointVAE:
         """Load a model saved with :meth:`save`; reading the folder never runs code from it.
 
+        Raises when the folder is incomplete or damaged, is not a pengster save, was saved by an incompatible
+        pengster, or when ``adata``'s features differ from the model's. A model saved by pengster 0.1 (a pickle) is
+        refused: convert it once with :func:`pengster.model.convert_legacy` if you trust it.
+
         Parameters
         ----------
         dir_path
@@ -473,10 +477,6 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             needed). Default: the MuData saved with ``save_anndata=True``.
         accelerator, device
             Where the model lives, as in scvi-tools.
-
-        Raises when the folder is incomplete or damaged, is not a pengster save, was saved by an incompatible
-        pengster, or when ``adata``'s features differ from the model's. A model saved by pengster 0.1 (a pickle) is
-        refused: convert it once with :func:`pengster.model.convert_legacy` if you trust it.
 
         Examples
         --------

@@ -93,7 +93,7 @@ def read_saved(dir_path: str | os.PathLike, *, model_class: str) -> SavedModel:
     try:
         with open(manifest_path) as handle:
             manifest = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise ValueError(
             f"{str(manifest_path)!r} is not valid JSON ({error}); the saved model is damaged: save the model again."
         ) from None
@@ -167,9 +167,20 @@ def _check_structure(path: Path, body: dict, model_class: str) -> dict[str, pd.I
         raise _invalid(path, f"its registry is not the registry of a {model_class}")
     if not isinstance(registry.get("setup_args"), dict) or not isinstance(registry.get("field_registries"), dict):
         raise _invalid(path, "its registry has no setup arguments or fields")
+    try:
+        modalities = registry_modalities(registry)
+    except (KeyError, TypeError, AttributeError):
+        modalities = {}
+    if not modalities or not all(isinstance(mod_key, str) for mod_key in modalities.values()):
+        raise _invalid(path, "its registry names no modality (no count field with a mod_key)")
     if not isinstance(init_params, dict) or set(init_params) != {"kwargs", "non_kwargs"}:
         raise _invalid(path, "its init_params are not the arguments of a model")
-    if not all(isinstance(part, dict) for part in init_params.values()):
+    named, variadic = init_params["non_kwargs"], init_params["kwargs"]  # variadic: {"kwargs": {name: value}}
+    if (
+        not isinstance(named, dict)
+        or not isinstance(variadic, dict)
+        or not all(isinstance(v, dict) for v in variadic.values())
+    ):
         raise _invalid(path, "its init_params are not the arguments of a model")
     if not isinstance(attributes, dict) or not set(attributes) <= set(SAVED_ATTRIBUTES):
         raise _invalid(path, f"its attributes must be among {list(SAVED_ATTRIBUTES)}")
