@@ -257,7 +257,8 @@ def load_model(cls, dir_path: str | os.PathLike, adata: MuData | None, *, accele
                 f"{str(folder)!r} holds no data (it was saved without save_anndata=True); pass adata=<the MuData the "
                 f"model was trained on, or new data with the same features>: {cls.__name__}.load(dir_path, adata=...)."
             )
-        adata = mudata.read_h5mu(folder / DATA_FILE)
+        with mudata.set_options(pull_on_update=False):  # obs/var as they were saved
+            adata = mudata.read_h5mu(folder / DATA_FILE)
     if not isinstance(adata, MuData):
         raise TypeError(f"adata must be a MuData, got {type(adata).__name__}; wrap an AnnData in mudata.MuData(...).")
     check_features(saved.var_names, adata, folder)

@@ -297,7 +297,11 @@ def save_model(
 
         # the user's MuData, not the internal aligned view: load(dir_path) sets it up again from the setup arguments
         def write_data(path: Path) -> None:
-            detached_copy(model.mdata).write(str(path), **anndata_write_kwargs)
+            import mudata
+
+            # the MuData as the user holds it: no columns pulled from the modalities into its obs/var
+            with mudata.set_options(pull_on_update=False):
+                detached_copy(model.mdata).write(str(path), **anndata_write_kwargs)
 
     write_folder(
         dir_path,
