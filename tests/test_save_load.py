@@ -22,6 +22,8 @@ from pengster.model._legacy import setup_args_for
 from pengster.model._save import FORMAT_VERSION, MANIFEST_NAME, InvalidSave, from_json, sha256, to_json
 
 torch.set_num_threads(1)
+# the synthetic mosaic has ATAC cells and peaks without counts; setup_mudata (and load, which sets up again) says so
+pytestmark = pytest.mark.filterwarnings("ignore:mdata.mod.*with no counts:UserWarning")
 
 MODALITIES = {"rna": "rna", "atac": "atac", "protein": "prot"}
 
