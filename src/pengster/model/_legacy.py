@@ -110,6 +110,8 @@ def _read_pickled(path: Path) -> tuple[dict, dict]:
             f"{str(path)!r} is not a model saved by pengster 0.1 (scvi-tools' format holds {list(_LEGACY_KEYS)})."
         )
     attributes = dict(content["attr_dict"])
+    if "init_params_" not in attributes:
+        raise ValueError(f"{str(path)!r} holds no init_params_; it is not a model saved by pengster 0.1.")
     registry = attributes.get("registry_")
     if not isinstance(registry, Mapping) or registry.get("model_name") != "JointVAE":
         name = registry.get("model_name") if isinstance(registry, Mapping) else None
