@@ -144,10 +144,10 @@ def test_load_against_data_with_other_features_names_them(rna_atac_model, tmp_pa
     other.mod["atac"].var_names = ["chr9_1_2", *other.mod["atac"].var_names[1:]]
     snap = snapshot(other)
     with pytest.raises(ValueError) as excinfo:
-        JointVAE.load(str(tmp_path / "model"), mdata=other)
+        JointVAE.load(str(tmp_path / "model"), adata=other)
     assert_names(
         excinfo.value,
-        r"mdata\.mod\['atac'\] has features that differ from the model's: 1 missing \(e\.g\. \['peak0'\]\)",
+        r"adata\.mod\['atac'\] has features that differ from the model's: 1 missing \(e\.g\. \['peak0'\]\)",
         r"1 unknown \(e\.g\. \['chr9_1_2'\]\)",
         r"trained on 40 features of 'atac'",
     )

@@ -119,5 +119,9 @@ def test_readme_quickstart_runs(data_dir, tmp_path, monkeypatch):
     proteins = namespace["protein_of_multiome_cells"]
     assert proteins.shape == (multiome.n_obs, namespace["cite"].mod["prot"].n_vars)
     assert proteins.notna().all().all()
-    assert (tmp_path / "model_dir" / "model.pt").is_file()
+    assert {path.name for path in (tmp_path / "model_dir").iterdir()} == {
+        "model.safetensors",
+        "pengster.json",
+        "adata.h5mu",
+    }
     assert namespace["model"].is_trained

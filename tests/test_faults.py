@@ -14,6 +14,7 @@ from pathlib import Path
 import mudata as md
 import numpy as np
 import pytest
+import safetensors.torch
 import scvi
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -22,8 +23,8 @@ from scipy import sparse
 import pengster
 from pengster._constants import REGISTRY_KEYS
 from pengster.data import synthetic_mosaic
+from pengster.io._save import FORMAT_VERSION, MANIFEST_NAME
 from pengster.model import JointVAE
-from pengster.model._save import FORMAT_VERSION, MANIFEST_NAME
 from pengster.train import FiniteLossCheck
 from pengster.train._callbacks import LAST_CHECKPOINT, LAST_MODEL
 
@@ -73,8 +74,8 @@ def test_checkpoints_without_validation_cells(tmp_path):
     model = JointVAE(mdata, **MODEL_KWARGS)
     model.train(max_epochs=2, batch_size=32, train_size=1.0, checkpoint_dir=str(tmp_path), enable_progress_bar=False)
     assert model.is_trained_ and "validation_loss" not in model.history
-    assert torch.load(tmp_path / LAST_CHECKPOINT, weights_only=False)["epoch"] == 1
-    JointVAE.load(str(tmp_path / LAST_MODEL), mdata=mdata)
+    assert torch.load(tmp_path / LAST_CHECKPOINT, weights_only=True)["epoch"] == 1
+    JointVAE.load(str(tmp_path / LAST_MODEL), adata=mdata)
 
 
 def test_keyboard_interrupt_leaves_a_loadable_checkpoint_that_resumes_to_the_same_model(uninterrupted, tmp_path):
@@ -87,9 +88,9 @@ def test_keyboard_interrupt_leaves_a_loadable_checkpoint_that_resumes_to_the_sam
     assert not model.is_trained_
     assert signal.getsignal(signal.SIGINT) is handler  # Lightning leaves SIGINT ignored; we restore it
     assert sorted(os.listdir(tmp_path)) == [LAST_CHECKPOINT, LAST_MODEL]  # no temporary files left
-    checkpoint = torch.load(tmp_path / LAST_CHECKPOINT, weights_only=False)
+    checkpoint = torch.load(tmp_path / LAST_CHECKPOINT, weights_only=True)
     assert checkpoint["epoch"] == STOP_EPOCH - 1
-    loaded = JointVAE.load(str(tmp_path / LAST_MODEL), mdata=mdata)
+    loaded = JointVAE.load(str(tmp_path / LAST_MODEL), adata=mdata)
     assert np.isfinite(loaded.get_latent_representation()).all()
 
     resumed = _resume(mdata, tmp_path)
@@ -121,7 +122,7 @@ def test_killed_process_leaves_a_checkpoint_that_resumes_to_the_same_model(unint
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, capture_output=True, timeout=300)
     assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-2000:]
     assert (tmp_path / LAST_CHECKPOINT).exists()
-    JointVAE.load(str(tmp_path / LAST_MODEL), mdata=mdata)  # complete and loadable
+    JointVAE.load(str(tmp_path / LAST_MODEL), adata=mdata)  # complete and loadable
     resumed = _resume(mdata, tmp_path)
     np.testing.assert_array_equal(resumed.get_latent_representation(), reference.get_latent_representation())
 
@@ -137,7 +138,8 @@ def test_save_records_versions_registry_and_checksum(uninterrupted, tmp_path):
     assert manifest["modalities"] == ALL
     assert manifest["registry"]["setup_args"]["batch_key"] == "batch"
     assert manifest["var_names"]["prot"] == mdata.mod["prot"].var_names.tolist()
-    assert set(manifest["files"]) == {"model.pt"}
+    assert manifest["init_params"]["non_kwargs"]["n_latent"] == MODEL_KWARGS["n_latent"]
+    assert set(manifest["files"]) == {"model.safetensors"}
     with pytest.raises(ValueError, match=r"already exists; pass overwrite=True"):
         model.save(tmp_path / "model")
 
@@ -146,41 +148,45 @@ def test_crash_mid_save_keeps_the_previous_model(uninterrupted, tmp_path, monkey
     mdata, model = uninterrupted
     target = tmp_path / "model"
     model.save(target)
-    before = (target / "model.pt").read_bytes()
+    before = (target / "model.safetensors").read_bytes()
 
-    def crash(self, dir_path, **kwargs):
-        Path(dir_path, "model.pt").write_bytes(b"half a model")
+    def crash(tensors, filename, **kwargs):
+        Path(filename).write_bytes(b"half a model")
         raise OSError("disk full")
 
-    monkeypatch.setattr(scvi.model.base.BaseModelClass, "save", crash)
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
     with pytest.raises(OSError, match="disk full"):
         model.save(target, overwrite=True)
     assert sorted(os.listdir(tmp_path)) == ["model"]  # the staging folder is gone
-    assert (target / "model.pt").read_bytes() == before
+    assert (target / "model.safetensors").read_bytes() == before
     monkeypatch.undo()
-    JointVAE.load(str(target), mdata=mdata)
+    JointVAE.load(str(target), adata=mdata)
 
 
 @pytest.mark.parametrize(
     ("damage", "error", "pattern"),
     [
-        ("truncate", ValueError, r"model\.pt' does not match the checksum .* damaged, truncated"),
-        ("newer_format", ValueError, r"saved by pengster 9\.0 in format 99; this pengster .* reads formats 1 to 1"),
+        ("truncate", ValueError, r"model\.safetensors' does not match the checksum .* damaged, truncated"),
+        (
+            "newer_format",
+            ValueError,
+            rf"saved by pengster 9\.0 in format 99; this pengster .* reads format {FORMAT_VERSION}",
+        ),
         ("other_class", ValueError, r"holds a TOTALVI, not a JointVAE; load it with pengster\.model\.TOTALVI\.load"),
-        ("no_model_file", FileNotFoundError, r"has no model\.pt; it is not a saved JointVAE \(or its save did not"),
+        ("no_model_file", FileNotFoundError, r"has no model\.safetensors; the save did not finish or the file was"),
         ("bad_manifest", ValueError, r"pengster\.json' is not valid JSON"),
-        ("legacy_truncated", ValueError, r"model\.pt' cannot be read .* damaged or truncated"),
+        ("no_manifest", FileNotFoundError, r"has no pengster\.json: it is not a folder written by JointVAE\.save"),
     ],
 )
 def test_damaged_or_incompatible_saves_give_clear_errors(uninterrupted, tmp_path, damage, error, pattern):
     mdata, model = uninterrupted
     folder = tmp_path / "model"
     model.save(folder)
-    manifest_path, weights = folder / MANIFEST_NAME, folder / "model.pt"
+    manifest_path, weights = folder / MANIFEST_NAME, folder / "model.safetensors"
     manifest = json.loads(manifest_path.read_text())
-    if damage in ("truncate", "legacy_truncated"):
+    if damage == "truncate":
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    if damage == "legacy_truncated":
+    if damage == "no_manifest":
         manifest_path.unlink()
     if damage in ("newer_format", "other_class"):
         manifest |= {"format_version": 99, "pengster_version": "9.0"} if damage == "newer_format" else {}
@@ -191,16 +197,7 @@ def test_damaged_or_incompatible_saves_give_clear_errors(uninterrupted, tmp_path
     if damage == "bad_manifest":
         manifest_path.write_text("{not json")
     with pytest.raises(error, match=pattern):
-        JointVAE.load(str(folder), mdata=mdata)
-
-
-def test_model_saved_without_manifest_loads_with_a_warning(uninterrupted, tmp_path):
-    mdata, model = uninterrupted
-    model.save(tmp_path / "model")
-    (tmp_path / "model" / MANIFEST_NAME).unlink()  # as pengster 0.1.0 saved it
-    with pytest.warns(UserWarning, match=r"has no pengster\.json: it was saved by pengster 0\.1\.0"):
-        loaded = JointVAE.load(str(tmp_path / "model"), mdata=mdata)
-    np.testing.assert_array_equal(loaded.get_latent_representation(), model.get_latent_representation())
+        JointVAE.load(str(folder), adata=mdata)
 
 
 # --------------------------------------------------------------------------------------------- NaN loss

@@ -2,7 +2,9 @@
 
 Every outcome is either success with finite outputs of the right shape, or a documented error raised by pengster's
 own checks (ValueError, KeyError or TypeError from pengster's code, naming the object). Never a NaN output, never an
-exception from deep inside torch, scipy or scvi-tools. ``PENGSTER_FUZZ_EXAMPLES`` sets the number of examples.
+exception from deep inside torch, scipy or scvi-tools. And most examples train (at least ``MIN_TRAINED_SHARE``), so
+that a generator, or a check, that rejects every input fails the test instead of passing it vacuously.
+``PENGSTER_FUZZ_EXAMPLES`` sets the number of examples.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ import os
 import random
 import traceback
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import anndata as ad
 import mudata as md
 import numpy as np
 import pandas as pd
-import pytest
 import scvi
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
@@ -30,6 +32,8 @@ from pengster.model import JointVAE
 torch.set_num_threads(1)
 
 N_EXAMPLES = int(os.environ.get("PENGSTER_FUZZ_EXAMPLES", "120"))
+MIN_TRAINED_SHARE = 0.6
+"""Share of the generated examples that must train: most are clean data, a few carry one bad entry."""
 SOURCE = Path(pengster.__file__).parent
 MOD_KEYS = {"rna": "rna", "atac": "atac", "protein": "prot"}
 PATTERNS = [("rna",), ("rna", "atac"), ("rna", "protein"), ("atac",), ("protein",), ("rna", "atac", "protein")]
@@ -92,8 +96,8 @@ def _check_run(parts: dict, run: dict) -> str:
         model.train(max_epochs=1, batch_size=run["batch_size"], enable_progress_bar=False, early_stopping=False)
     except (ValueError, KeyError, TypeError) as error:
         assert _raised_by_pengster(error), "".join(traceback.format_exception(error)[-6:])
-        assert "mdata" in str(error) or "JointVAE" in str(error), str(error)
-        return "documented error"
+        assert any(name in str(error) for name in ("mdata", "adata", "JointVAE")), str(error)
+        return f"refused ({type(error).__name__})"
     latent = model.get_latent_representation()
     assert latent.shape == (mdata.n_obs, run["n_latent"]) and np.isfinite(latent).all()
     for modality, key in modalities.items():
@@ -114,30 +118,31 @@ def _check_run(parts: dict, run: dict) -> str:
     return "trained"
 
 
-OUTCOMES: dict[str, int] = {}
+def test_fuzz_setup_train_predict():
+    """Each example trains to finite outputs or is refused with a documented error; most examples train."""
+    outcomes: Counter[str] = Counter()
 
+    @settings(
+        max_examples=N_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no shrinking: it can take minutes
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(case=datasets())
+    def check(case):
+        parts, run = case
+        state = random.getstate()  # scvi's seed reseeds `random`, which Hypothesis manages between examples
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                outcomes[_check_run(parts, run)] += 1
+        finally:
+            random.setstate(state)
 
-@settings(
-    max_examples=N_EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no shrinking: it can take minutes
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-@given(case=datasets())
-def test_fuzz_setup_train_predict(case):
-    parts, run = case
-    state = random.getstate()  # scvi's seed reseeds `random`, which Hypothesis manages between examples
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            outcome = _check_run(parts, run)
-    finally:
-        random.setstate(state)
-    OUTCOMES[outcome] = OUTCOMES.get(outcome, 0) + 1
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report_outcomes():
-    yield
-    print(f"\nfuzz outcomes over {sum(OUTCOMES.values())} runs: {OUTCOMES}")
+    check()
+    total = outcomes.total()
+    assert total >= min(N_EXAMPLES, 10), f"only {total} examples ran: {dict(outcomes)}"
+    assert outcomes["trained"] >= MIN_TRAINED_SHARE * total, (
+        f"{outcomes['trained']} of {total} examples trained, fewer than {MIN_TRAINED_SHARE:.0%}: {dict(outcomes)}"
+    )

@@ -111,7 +111,7 @@ def test_prediction_uses_only_the_source(model, mosaic):
 
 def test_save_load_round_trip(model, mosaic, tmp_path):
     model.save(tmp_path / "model", overwrite=True)
-    loaded = JointVAE.load(str(tmp_path / "model"), mdata=mosaic)
+    loaded = JointVAE.load(str(tmp_path / "model"), adata=mosaic)
     np.testing.assert_array_equal(model.get_latent_representation(), loaded.get_latent_representation())
     np.testing.assert_array_equal(model.predict(target="rna").to_numpy(), loaded.predict(target="rna").to_numpy())
 

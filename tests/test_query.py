@@ -232,7 +232,7 @@ def test_query_from_saved_reference_and_bad_input(reference_model, query, tmp_pa
     del no_batch.obs["batch"]
     with pytest.raises(KeyError, match=r"query.obs has no column 'batch'.*query.obs\['batch'\] = "):
         JointVAE.load_query_data(no_batch, reference_model)
-    with pytest.raises(FileNotFoundError, match="not a folder written by JointVAE.save"):
+    with pytest.raises(FileNotFoundError, match=r"has no pengster\.json: it is not a folder written by JointVAE\.save"):
         JointVAE.load_query_data(query, str(tmp_path))
     with pytest.raises(ValueError, match="unknown_label='unknown' is one of the labels"):
         relabelled = reference_model.mdata.copy()

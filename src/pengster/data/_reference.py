@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 from scvi.model.base import BaseModelClass
-from scvi.model.base._save_load import _load_saved_files
 
 from pengster._constants import MODALITIES, REGISTRY_KEYS
+from pengster.io import _load, _save
 
 
 @dataclass
@@ -29,25 +29,25 @@ class ReferenceSummary:
     """Arguments of the reference's ``JointVAE(...)``."""
     state_dict: dict[str, torch.Tensor]
     """The reference's trained weights (on the CPU)."""
+    weights_file: Path | None = None
+    """The file the weights were read from (a saved reference)."""
 
     def categories(self, key: str) -> list[str]:
         """The reference's categories of a registry field (``batch`` or ``panel``)."""
         return list(self.registry["field_registries"][key]["state_registry"]["categorical_mapping"])
 
 
-def describe_reference(reference: BaseModelClass | str | Path) -> ReferenceSummary:
-    """Read a trained :class:`~pengster.model.JointVAE`, or the folder it was saved to."""
+def describe_reference(reference: BaseModelClass | str | Path, model_cls: type | None = None) -> ReferenceSummary:
+    """Read a trained :class:`~pengster.model.JointVAE`, or the folder it was saved to (read as a ``model_cls``)."""
     if isinstance(reference, str | Path):
-        if not Path(reference, "model.pt").is_file():
-            raise FileNotFoundError(
-                f"reference={str(reference)!r} is not a folder written by JointVAE.save (no model.pt in it); pass the "
-                "trained reference model or the folder you saved it to."
-            )
-        attr_dict, var_names, state_dict, _ = _load_saved_files(str(reference), load_adata=False, map_location="cpu")
-        state_dict.pop("pyro_param_store", None)  # scvi-tools saves it with every model
-        registry, init_params = attr_dict["registry_"], attr_dict["init_params_"]
-        if not attr_dict.get("is_trained_", False):
+        # read as data (JSON and safetensors): a shared reference folder cannot run code here
+        saved = _load.read_saved(reference, model_class="JointVAE")
+        if not saved.attributes.get("is_trained_", False):
             raise ValueError(f"the reference saved in {str(reference)!r} was never trained; train it, then save it.")
+        if model_cls is not None:
+            _load.init_kwargs(saved, model_cls)
+        registry, init_params = saved.registry, saved.init_params
+        var_names, state_dict, weights_file = saved.var_names, saved.state_dict, saved.folder / _save.WEIGHTS_FILE
     else:
         if not hasattr(reference, "module") or not hasattr(reference, "registry_"):
             raise TypeError(
@@ -59,6 +59,7 @@ def describe_reference(reference: BaseModelClass | str | Path) -> ReferenceSumma
         registry, init_params = reference.registry_, reference.init_params_
         var_names = reference.get_var_names()
         state_dict = {k: v.detach().cpu().clone() for k, v in reference.module.state_dict().items()}
+        weights_file = None
     if registry.get("model_name") != "JointVAE":
         raise ValueError(f"reference is a {registry.get('model_name')} model; load_query_data needs a JointVAE.")
     modalities = {
@@ -73,4 +74,5 @@ def describe_reference(reference: BaseModelClass | str | Path) -> ReferenceSumma
         registry=registry,
         init_params=dict(init_params["non_kwargs"]),
         state_dict=state_dict,
+        weights_file=weights_file,
     )

@@ -16,13 +16,14 @@ from scvi.train import TrainRunner
 from pengster._constants import REGISTRY_KEYS
 from pengster.data import _checks
 from pengster.dataloaders import MosaicDataSplitter
+from pengster.io import _load, _save
 from pengster.module import JointVAEModule
 from pengster.module._bridge import needs_bridge
 from pengster.train import JointTrainingPlan
 from pengster.train._callbacks import training_callbacks, training_guard
 from pengster.train._options import training_options
 
-from . import _outputs, _query, _save, _setup
+from . import _outputs, _query, _setup
 
 logger = logging.getLogger(__name__)
 
@@ -342,17 +343,17 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
     @classmethod
     def load_query_data(
         cls,
-        query: MuData,
-        reference: JointVAE | str,
-        *,
+        adata: MuData,
+        reference_model: JointVAE | str,
+        inplace_subset_query_vars: bool = False,
+        accelerator: str = "auto",
+        device: int | str = "auto",
         unfrozen: bool = False,
         freeze_dropout: bool = False,
         freeze_expression: bool = True,
         freeze_decoder_first_layer: bool = True,
         freeze_batchnorm_encoder: bool = True,
         freeze_batchnorm_decoder: bool = False,
-        accelerator: str = "auto",
-        device: int | str = "auto",
     ) -> JointVAE:
         """Map new data onto a trained reference (scArches :cite:p:`lotfollahi2022scarches`); train the result.
 
@@ -365,11 +366,18 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
 
         Parameters
         ----------
-        query
-            New cells: raw counts in the reference's layers, and the reference's ``batch_key`` column in ``obs``.
-            It is not modified; the query model holds the prepared MuData as ``query_model.mdata``.
-        reference
-            The trained reference model, or the folder it was saved to. It is not modified.
+        adata
+            The query's cells (a MuData): raw counts in the reference's layers, and the reference's ``batch_key``
+            column in ``obs``. It is not modified; the query model holds the prepared MuData as
+            ``query_model.mdata``.
+        reference_model
+            The trained reference model, or the folder it was saved to (read as data, see :meth:`load`). It is not
+            modified.
+        inplace_subset_query_vars
+            Must be False: the query's features are aligned into ``query_model.mdata``, and ``adata`` is never
+            changed.
+        accelerator, device
+            Where the query model lives, as in scvi-tools.
         unfrozen
             Train every weight (overrides the other options).
         freeze_dropout
@@ -382,8 +390,6 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             Keep the batch-norm statistics and parameters of encoder layers (the ATAC cell factor) fixed.
         freeze_batchnorm_decoder
             Keep the batch-norm statistics and parameters of decoder layers (ATAC, protein) fixed.
-        accelerator, device
-            Where the query model lives, as in scvi-tools.
 
         Returns
         -------
@@ -395,6 +401,12 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         >>> query_model.train(max_epochs=100)
         >>> pengster.tl.transfer_labels(query_model, query_model.mdata, labels_key="cell_type", reference=mdata)
         """
+        if inplace_subset_query_vars:
+            raise ValueError(
+                "inplace_subset_query_vars=True is not supported: load_query_data aligns the query's features "
+                "(reorders, zero-pads and masks the missing ones) into query_model.mdata and never changes adata; "
+                "leave it False."
+            )
         freeze_options = {
             "unfrozen": unfrozen,
             "freeze_dropout": freeze_dropout,
@@ -404,33 +416,73 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             "freeze_batchnorm_decoder": freeze_batchnorm_decoder,
         }
         return _query.load_query_data(
-            cls, query, reference, freeze_options=freeze_options, accelerator=accelerator, device=device
+            cls, adata, reference_model, freeze_options=freeze_options, accelerator=accelerator, device=device
         )
 
-    def save(self, dir_path: str, *, overwrite: bool = False, save_anndata: bool = False, **kwargs) -> None:
-        """Save atomically, with a manifest of versions, registry and checksum.
+    def save(
+        self,
+        dir_path: str,
+        *,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        save_kwargs: dict | None = None,
+        **anndata_write_kwargs,
+    ) -> None:
+        """Save the model as data: weights as safetensors, everything else as JSON; atomically.
 
-        See :meth:`scvi.model.base.BaseModelClass.save` for the arguments. The files are written to a temporary
-        folder next to ``dir_path`` and renamed into place when complete.
+        The folder holds ``model.safetensors``, ``pengster.json`` (versions, setup arguments, registry, model
+        arguments, feature names, training history and the checksum of each file) and, with ``save_anndata``,
+        ``adata.h5mu``. The files are written to a temporary folder next to ``dir_path`` and renamed into place when
+        complete, so an interrupted save leaves the previous model, never a partial one.
+
+        Parameters
+        ----------
+        dir_path
+            Folder to save to.
+        overwrite
+            Replace an existing ``dir_path``.
+        save_anndata
+            Also save the MuData the model was built on (``model.mdata``), so that ``load(dir_path)`` needs no data.
+        save_kwargs
+            Passed to ``safetensors.torch.save_file`` (e.g. ``{"metadata": {...}}``).
+        **anndata_write_kwargs
+            Passed to ``MuData.write`` (e.g. ``compression="gzip"``).
         """
-        _save.save_atomically(
+        _save.save_model(
             self,
             dir_path,
             overwrite=overwrite,
-            write=lambda folder: super(JointVAE, self).save(
-                folder, overwrite=True, save_anndata=save_anndata, **kwargs
-            ),
+            save_anndata=save_anndata,
+            save_kwargs=save_kwargs,
+            **anndata_write_kwargs,
         )
 
     @classmethod
-    def load(cls, dir_path: str, mdata: MuData | None = None, **kwargs) -> JointVAE:
-        """Load a saved model; ``mdata`` is set up with the saved arguments. See :meth:`scvi.model.SCVI.load`.
+    def load(
+        cls, dir_path: str, adata: MuData | None = None, accelerator: str = "auto", device: int | str = "auto"
+    ) -> JointVAE:
+        """Load a model saved with :meth:`save`; reading the folder never runs code from it.
 
-        Raises when the folder is incomplete or damaged, was saved by an incompatible pengster, or when ``mdata``'s
-        features differ from the model's.
+        Raises when the folder is incomplete or damaged, is not a pengster save, was saved by an incompatible
+        pengster, or when ``adata``'s features differ from the model's. A model saved by pengster 0.1 (a pickle) is
+        refused: convert it once with :func:`pengster.model.convert_legacy` if you trust it.
+
+        Parameters
+        ----------
+        dir_path
+            Folder given to :meth:`save`.
+        adata
+            MuData with the model's features, set up here with the saved arguments (no :meth:`setup_mudata` call is
+            needed). Default: the MuData saved with ``save_anndata=True``.
+        accelerator, device
+            Where the model lives, as in scvi-tools.
+
+        Examples
+        --------
+        >>> model.save("model_dir", save_anndata=True)
+        >>> model = pengster.model.JointVAE.load("model_dir")
         """
-        _save.check_saved(dir_path, model_class=cls.__name__, mdata=mdata)
-        return super().load(dir_path, adata=mdata, **kwargs)
+        return _load.load_model(cls, dir_path, adata, accelerator=accelerator, device=device)
 
     # ------------------------------------------------------------------------------------------------ getters
     _minibatches = _outputs._minibatches

@@ -27,6 +27,7 @@ from pengster._constants import REGISTRY_KEYS
 from pengster.data import _align
 from pengster.data._query import is_prepared, prepare_query
 from pengster.data._reference import ReferenceSummary, describe_reference
+from pengster.io import _load
 from pengster.module import JointVAEModule
 
 from . import _setup
@@ -46,6 +47,8 @@ def reference_module(summary: ReferenceSummary) -> JointVAEModule:
         batch_has_modality=state["batch_has_modality"],
         **summary.init_params,
     )
+    if summary.weights_file is not None:
+        _load.check_weights(summary.weights_file, state, module.state_dict())
     module.load_state_dict(state)
     return module
 
@@ -172,17 +175,16 @@ def freeze_reference(
 
 def load_query_data(
     cls: type[BaseModelClass],
-    query: MuData,
-    reference: BaseModelClass | str | Path,
+    adata: MuData,
+    reference_model: BaseModelClass | str | Path,
     *,
     freeze_options: dict[str, bool],
     accelerator: str = "auto",
     device: int | str = "auto",
 ) -> BaseModelClass:
     """Build the query model; see :meth:`pengster.model.JointVAE.load_query_data`."""
-    summary = describe_reference(reference)
-    if not is_prepared(query, summary):
-        query = prepare_query(query, summary)
+    summary = describe_reference(reference_model, cls)
+    query = adata if is_prepared(adata, summary) else prepare_query(adata, summary)
     args = summary.setup_args
     prepared = _setup.prepare(
         query,
