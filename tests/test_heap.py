@@ -155,7 +155,8 @@ def test_cpu_training_uses_the_heap_only_on_the_fast_path():
 
         torch.set_num_threads(1)
         mdata = synthetic_mosaic(n_cells={"multiome": 60, "cite": 60}, n_genes=30, n_peaks=40, n_proteins=8, seed=0)
-        JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac", "protein": "prot"}, batch_key="batch")
+        modalities = {"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}
+        JointVAE.setup_mudata(mdata, modalities=modalities, batch_key="batch")
         seen = {}
         for fast in (False, True):
             probe = Probe()

@@ -42,7 +42,9 @@ def _history(monkeypatch, *, every_step: bool, callbacks=()) -> dict:
     if every_step:  # scvi-tools' own training and validation steps, which log every metric every step
         monkeypatch.setattr(JointTrainingPlan, "_epoch_logging", property(lambda self: False))
     mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 90, "cite": 70}, n_genes=30, n_peaks=40, seed=0)
-    JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac", "protein": "prot"}, batch_key="batch")
+    JointVAE.setup_mudata(
+        mdata, modalities={"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}, batch_key="batch"
+    )
     scvi.settings.seed = 0
     model = JointVAE(mdata, n_hidden=16, n_latent=4)
     model.train(max_epochs=3, batch_size=48, enable_progress_bar=False, callbacks=list(callbacks))

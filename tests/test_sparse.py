@@ -143,7 +143,7 @@ def test_module_sparse_path_equals_dense_path():
     mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 60, "cite": 40}, gene_overlap=0.8, seed=2)
     mdata.mod["atac"] = mdata.mod["atac"][:, np.asarray(mdata.mod["atac"].X.sum(0)).ravel() > 0].copy()
     pengster.model.JointVAE.setup_mudata(
-        mdata, modalities={"rna": "rna", "atac": "atac", "protein": "prot"}, batch_key="batch"
+        mdata, modalities={"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}, batch_key="batch"
     )
     model = pengster.model.JointVAE(mdata, n_hidden=32, n_latent=6)
     assert not bool((model.module.feature_mask_rna == 1).all())  # the masks are exercised
@@ -177,7 +177,9 @@ def test_module_sparse_path_equals_dense_path():
 
 def test_train_fast_uses_fused_adam_and_sparse_path_fast_false_the_dense_reference(monkeypatch):
     mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 40}, n_genes=50, n_peaks=60, seed=1)
-    pengster.model.JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac"}, batch_key="batch")
+    pengster.model.JointVAE.setup_mudata(
+        mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"}, batch_key="batch"
+    )
     model = pengster.model.JointVAE(mdata, n_hidden=16, n_latent=4)
     calls = []
     original = pengster.nn._sparse.encoder_sparse

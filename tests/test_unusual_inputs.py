@@ -20,6 +20,7 @@ from pengster.model import JointVAE
 torch.set_num_threads(1)
 
 ALL = {"rna": "rna", "atac": "atac", "protein": "prot"}
+SETUP_MODALITIES = {"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}
 
 
 def _mosaic() -> md.MuData:
@@ -28,7 +29,7 @@ def _mosaic() -> md.MuData:
 
 def _fit(mdata: md.MuData, **setup_kwargs) -> JointVAE:
     scvi.settings.seed = 0
-    JointVAE.setup_mudata(mdata, modalities=ALL, batch_key="batch", **setup_kwargs)
+    JointVAE.setup_mudata(mdata, modalities=SETUP_MODALITIES, batch_key="batch", **setup_kwargs)
     model = JointVAE(mdata, n_latent=4, n_hidden=16)
     model.train(max_epochs=2, batch_size=50, enable_progress_bar=False)
     return model
@@ -138,7 +139,7 @@ def test_protein_panel_missing_in_one_dataset_is_masked():
         match=r"mdata\.mod\['prot'\]: 3 proteins have no count in any cell of dataset "
         r"'cite_b' \(e\.g\. \['protein0', 'protein1', 'protein2'\]\).*as totalVI does",
     ):
-        JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "protein": "prot"}, batch_key="batch")
+        JointVAE.setup_mudata(mdata, modalities={"rna_layer": "rna", "protein_layer": "prot"}, batch_key="batch")
     model = JointVAE(mdata, n_latent=4, n_hidden=16)
     mask = model.module.feature_mask_protein.numpy()
     np.testing.assert_array_equal(mask, [[1] * 8, [0, 0, 0] + [1] * 5])  # panels in order cite_a, cite_b
@@ -169,7 +170,7 @@ def test_a_modality_with_one_cell_per_minibatch_trains():
 
 def test_train_size_one_trains_without_validation_cells(caplog):
     mdata = synthetic_mosaic(n_cells={"multiome": 40}, n_genes=30, n_peaks=40, seed=5)
-    JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac"}, batch_key="batch")
+    JointVAE.setup_mudata(mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"}, batch_key="batch")
     model = JointVAE(mdata, n_hidden=8, n_latent=3)
     with caplog.at_level("WARNING"):
         model.train(max_epochs=2, train_size=1.0, accelerator="cpu", enable_progress_bar=False)

@@ -71,8 +71,10 @@ def run_demo(out_dir: str | Path = "demo_output", *, max_epochs: int = 300, seed
     mdata.obs["batch_dataset"] = mdata.obs["dataset"].astype(str) + ":" + mdata.obs["batch"].astype(str)
     pengster.model.JointVAE.setup_mudata(
         mdata,
-        modalities={"rna": "rna", "atac": "atac", "protein": "prot"},
-        layers={"rna": "counts", "atac": "counts", "protein": "counts"},
+        modalities={"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"},
+        rna_layer="counts",
+        atac_layer="counts",
+        protein_layer="counts",
         batch_key="batch_dataset",
     )
     model = pengster.model.JointVAE(mdata)

@@ -23,6 +23,14 @@ BATCH_COLUMN = "_pengster_batch"
 PANEL_COLUMN = "_pengster_panel"
 
 
+SIZE_FACTOR_COLUMN = "_pengster_size_factor"
+
+
+def continuous_column(key: str) -> str:
+    """Obs column of the aligned MuData holding a continuous covariate."""
+    return f"_pengster_cont_{key}"
+
+
 def has_column(modality: str) -> str:
     """Obs column of the aligned MuData flagging the cells that measured ``modality``."""
     return f"_pengster_has_{modality}"
