@@ -35,7 +35,7 @@ GETTER_CASES = [
     (
         "predict_untrained_modality",
         lambda model: model.predict(target="protein"),
-        [r"target='protein'", r"trained on \['rna', 'atac'\]", r"pass one of those", r"modalities=\{'protein'"],
+        [r"target='protein'", r"trained on \['rna', 'atac'\]", r"pass one of those", r"modalities=\{'protein_layer'"],
     ),
     (
         "predict_unknown_source",

@@ -279,6 +279,27 @@ def check_continuous(mdata: MuData, keys: Sequence[str], *, argument: str, mod_k
     return columns
 
 
+def check_backed_mosaic(mdata: MuData, modalities: Mapping[str, str], layers: Mapping[str, str | None]) -> None:
+    """Raise when a backed modality does not hold every cell of ``mdata`` in order.
+
+    Such a modality would have to be loaded into memory to place its rows among all cells (the aligned view), which
+    is what reading it backed was meant to avoid; say so instead of doing it silently.
+    """
+    for modality, mod_key in modalities.items():
+        adata = mdata.mod[mod_key]
+        if not is_backed(count_matrix(mdata, mod_key, layers.get(modality))):
+            continue
+        if adata.n_obs == mdata.n_obs and adata.obs_names.equals(mdata.obs_names):
+            continue
+        filename = getattr(mdata, "filename", None) or getattr(adata, "filename", None) or "data.h5mu"
+        raise ValueError(
+            f"mdata is backed (read with backed=True from {str(filename)!r}) and is a mosaic: mdata.mod[{mod_key!r}] "
+            f"holds {adata.n_obs} of its {mdata.n_obs} cells, so pengster would have to load it into memory to place "
+            "its rows among all cells. Training from disk needs every modality to hold every cell, in mdata.obs "
+            f"order. Load the mosaic into memory instead: mdata = mudata.read_h5mu({str(filename)!r}) (without backed)."
+        )
+
+
 def check_every_cell_measured(mdata: MuData, modalities: Mapping[str, str]) -> None:
     """Raise when a cell of ``mdata`` is in none of the registered modalities."""
     measured = np.zeros(mdata.n_obs, dtype=bool)

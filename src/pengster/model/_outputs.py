@@ -32,7 +32,7 @@ def _check_modality(self, modality: str, *, argument: str) -> None:
     if modality not in self.modalities:
         raise ValueError(
             f"{argument}={modality!r}, but this JointVAE was trained on {list(self.modalities)}; "
-            f"pass one of those (set up the data with modalities={{{modality!r}: ...}} to model it)."
+            f"pass one of those (set up the data with modalities={{'{modality}_layer': ...}} to model it)."
         )
 
 

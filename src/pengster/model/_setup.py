@@ -219,6 +219,7 @@ def prepare(
                 _checks.check_features(mdata, mod_key, reference_var_names[mod_key])
     present = _checks.check_modalities(mdata, {m: k for m, k in modalities.items() if m not in absent})
     layers = _checks.check_layers(mdata, present, {m: v for m, v in (layers or {}).items() if m in present})
+    _checks.check_backed_mosaic(mdata, present, layers)
     modalities = {m: modalities[m] for m in ("rna", "atac", "protein") if m in modalities}
     for modality, mod_key in present.items():
         matrix = _checks.count_matrix(mdata, mod_key, layers[modality])
