@@ -9,8 +9,10 @@ by reference, never copied. The user's object is never written to.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
+import mudata
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -43,7 +45,8 @@ def covariate_column(key: str) -> str:
 
 def _aligned_matrix(matrix, positions: np.ndarray, n_obs: int):
     if len(positions) == n_obs and np.array_equal(positions, np.arange(n_obs)):
-        return matrix
+        # rows are read by cell; the training loader would convert CSC to CSR anyway, so do it once here
+        return matrix.tocsr() if sparse.issparse(matrix) and matrix.format == "csc" else matrix
     if hasattr(matrix, "to_memory"):  # a backed sparse dataset: only the aligned in-memory copy can be re-indexed
         matrix = matrix.to_memory()
     elif not sparse.issparse(matrix) and not isinstance(matrix, np.ndarray):  # a backed dense h5py dataset
@@ -85,7 +88,12 @@ def build_aligned(
             var=pd.DataFrame(index=adata.var_names.copy()),
         )
         obs[has_column(modality)] = np.isin(np.arange(mdata.n_obs), positions).astype(np.float32)
-    aligned = MuData(mods)
+    with warnings.catch_warnings():
+        # a protein named like a gene (CD4) is a duplicated var name across modalities; this internal view never uses
+        # the joint var, and the user's own MuData, which has the same names, already told them
+        warnings.filterwarnings("ignore", message="var_names are not unique", category=UserWarning)
+        with mudata.set_options(pull_on_update=False):  # the aligned modalities carry no obs columns to pull
+            aligned = MuData(mods)
     for column in obs.columns:
         aligned.obs[column] = obs[column].to_numpy()
     return aligned

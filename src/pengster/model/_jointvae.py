@@ -7,6 +7,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
+import scvi
 import torch
 from mudata import MuData
 from scvi.model._utils import get_max_epochs_heuristic
@@ -248,6 +249,9 @@ class JointVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             self._store.put(adata, prepared)
         resolved = {**args, "dataset_key": _setup.resolve_dataset_key(adata, args["dataset_key"])}
         _checks.check_registered_categories(prepared.aligned.obs, self.adata_manager, resolved)
+        if self.get_anndata_manager(prepared.aligned) is None:
+            # the aligned view is ours and is always registered this way; scvi-tools would log that it does it
+            self._register_manager_for_instance(self.adata_manager.transfer_fields(prepared.aligned))
         return super()._validate_anndata(prepared.aligned, copy_if_view=False)
 
     def _aligned(self, mdata: MuData | None) -> MuData:
@@ -344,6 +348,9 @@ class JointVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             trainer_kwargs=kwargs,
         )
         kwargs["callbacks"] = _callbacks.training_callbacks(self, checkpoint_dir, kwargs.get("callbacks"))
+        # Lightning warns when an epoch has fewer minibatches than its logging interval (10); small data has fewer
+        n_train = int(self.adata.n_obs * (kwargs.get("train_size") or 0.9))
+        kwargs.setdefault("log_every_n_steps", max(1, min(10, n_train // (batch_size or scvi.settings.batch_size))))
         with (
             _speed.fast_context(fast, accelerator=kwargs.get("accelerator", "auto"), module=self.module),
             _callbacks.training_guard(checkpoint_dir),
