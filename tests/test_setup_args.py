@@ -157,3 +157,29 @@ def test_modalities_none_finds_the_usual_keys_and_honours_layers():
     model = JointVAE(mdata, n_latent=4, n_hidden=16)
     assert model.modalities == {"rna": "rna", "protein": "prot"}
     assert model.adata_manager.registry["setup_args"]["rna_layer"] == "counts"
+
+
+def test_a_setup_saved_in_the_0_1_form_is_read_in_the_new_form(cite_model):
+    """JointVAE.load passes a saved model's setup arguments back to setup_mudata; pengster 0.1 saved the old form."""
+    import copy
+
+    registry = copy.deepcopy(cite_model.adata_manager.registry)
+    for key in (REGISTRY_KEYS.CONT_COVS, REGISTRY_KEYS.SIZE_FACTOR):  # fields 0.1 did not have
+        registry["field_registries"].pop(key)
+    old_args = {
+        "modalities": {"rna": "rna", "protein": "prot"},
+        "layers": {"rna": "counts", "protein": "counts"},
+        "batch_key": "batch",
+        "categorical_covariate_keys": None,
+        "dataset_key": None,
+    }
+    registry["setup_args"] = old_args
+    mdata = _cite()
+    JointVAE.setup_mudata(mdata, source_registry=registry, **old_args)
+    model = JointVAE(mdata, n_latent=4, n_hidden=16, dropout_rate=0.0)
+    args = model.adata_manager.registry["setup_args"]
+    assert (args["rna_layer"], args["protein_layer"]) == ("counts", "counts")
+    assert args["modalities"] == PAIRED and "layers" not in args
+    # the same call without a saved registry is a user's call in the removed form
+    with pytest.raises(TypeError, match=r"form is gone.*rna_layer='counts', protein_layer='counts'"):
+        JointVAE.setup_mudata(_cite(), **old_args)

@@ -230,7 +230,13 @@ class JointVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         ... )
         """
         if "layers" in kwargs:
-            raise TypeError(_setup.old_form_message(modalities, kwargs["layers"]))
+            layers = kwargs.pop("layers")
+            if "source_registry" not in kwargs:
+                raise TypeError(_setup.old_form_message(modalities, layers))
+            # JointVAE.load of a model saved by pengster 0.1, whose saved setup arguments are in the 0.1 form
+            saved = {"modalities": modalities, "layers": layers, "batch_key": batch_key, "dataset_key": dataset_key}
+            saved["categorical_covariate_keys"] = categorical_covariate_keys
+            return cls.setup_mudata(mdata, **_setup.saved_setup_args(saved), **kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
         prepared = _setup.prepare_from_args(mdata, setup_method_args["setup_args"])
         manager = _setup.register(prepared, setup_method_args, **kwargs)

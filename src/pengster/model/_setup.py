@@ -329,6 +329,9 @@ def register(prepared: Prepared, setup_method_args: dict, **kwargs):
         MuDataNumericalObsField(REGISTRY_KEYS.has(modality), _align.has_column(modality))
         for modality in prepared.modalities
     ]
+    source = kwargs.get("source_registry")
+    if source is not None:  # a registry saved before a field existed (pengster 0.1: no covariates, size factors)
+        fields = [field for field in fields if field.registry_key in source["field_registries"]]
     manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
     manager.register_fields(prepared.aligned, **kwargs)
     return manager
