@@ -200,7 +200,8 @@ def _train(args: argparse.Namespace, error) -> int:
     import pengster
 
     try:
-        mdata = md.read_h5mu(args.input)
+        with md.set_options(pull_on_update=False):  # mdata.obs as written in the file
+            mdata = md.read_h5mu(args.input)
     except (OSError, KeyError, ValueError) as exc:
         error(f"INPUT {args.input!r} could not be read as an .h5mu file ({exc}); write it with mdata.write(path).")
     modalities = _parse_modalities(args.modalities, mdata, error)
