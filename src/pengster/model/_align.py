@@ -4,7 +4,7 @@ scvi-tools fields index every modality with the rows of ``mdata.obs``, so a mosa
 cells) cannot be registered as it is, and registering writes ``_scvi_*`` columns and ``uns`` keys into the object.
 Instead we build an aligned MuData: every modality has all cells in ``mdata.obs`` order (cells that did not measure
 it are empty sparse rows, flagged by ``has_<modality>``). A modality that already covers all cells in order is passed
-by reference, never copied. The user's object is never written to.
+by reference, never copied (an in-memory CSC matrix is converted to CSR once). The user's object is never written to.
 """
 
 from __future__ import annotations
