@@ -314,7 +314,7 @@ def check_every_cell_measured(mdata: MuData, modalities: Mapping[str, str]) -> N
         )
 
 
-def check_covariates(mdata: MuData, keys: Sequence[str] | str | None, *, argument: str) -> list[str]:
+def check_covariates(keys: Sequence[str] | str | None, *, argument: str) -> list[str]:
     """Validate a list of covariate keys (a bare string is one key, as in scvi-tools)."""
     keys = [keys] if isinstance(keys, str) else list(keys or [])
     if len(set(keys)) != len(keys):
@@ -398,7 +398,8 @@ def check_registered_categories(obs: pd.DataFrame, manager, setup_args: Mapping)
         if known is not None:
             check_known_categories(obs[column], list(known), key=key, argument=argument)
     mappings = manager.get_state_registry(REGISTRY_KEYS.CAT_COVS).get("mappings", {})
-    for key in setup_args.get("categorical_covariate_keys") or []:
+    argument = "categorical_covariate_keys"
+    for key in check_covariates(setup_args.get(argument), argument=argument):
         column = _align.covariate_column(key)
         if column in mappings:
             check_known_categories(obs[column], list(mappings[column]), key=key, argument="categorical_covariate_keys")

@@ -110,6 +110,7 @@ def resolve(mdata: MuData, setup_args: Mapping, *, modalities: Mapping[str, str]
 
     ``modalities`` (modality -> mod key) overrides the one derived from ``setup_args`` (a trained model's own).
     """
+    mdata = _checks.check_mudata(mdata)
     if "layers" in setup_args or (
         isinstance(setup_args.get("modalities"), Mapping) and set(setup_args["modalities"]) & set(MODALITIES)
     ):
@@ -241,11 +242,11 @@ def prepare(
             values = _checks.check_obs_key(mdata, key, argument=argument, mod_key=source.get(argument)).to_numpy()
         obs[column] = values
     argument = "categorical_covariate_keys"
-    for key in _checks.check_covariates(mdata, categorical_covariate_keys, argument=argument):
+    for key in _checks.check_covariates(categorical_covariate_keys, argument=argument):
         values = _checks.check_obs_key(mdata, key, argument=argument, mod_key=source.get(argument))
         obs[_align.covariate_column(key)] = values.to_numpy()
     argument = "continuous_covariate_keys"
-    keys = _checks.check_covariates(mdata, continuous_covariate_keys, argument=argument)
+    keys = _checks.check_covariates(continuous_covariate_keys, argument=argument)
     for key, values in _checks.check_continuous(mdata, keys, argument=argument, mod_key=source.get(argument)).items():
         obs[_align.continuous_column(key)] = values
     if size_factor_key is not None:
