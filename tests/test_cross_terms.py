@@ -108,7 +108,7 @@ def test_train_with_sampled_terms_decodes_fewer_rows(monkeypatch):
     module_class = pengster.module.JointVAEModule
     original = module_class.decode
     monkeypatch.setattr(
-        module_class, "decode", lambda self, m, z, *a: decoded.append(len(z)) or original(self, m, z, *a)
+        module_class, "decode", lambda self, m, z, *a, **k: decoded.append(len(z)) or original(self, m, z, *a, **k)
     )
     for cross_terms in ("all", "sampled", "single"):
         model = pengster.model.JointVAE(mdata, n_hidden=16, n_latent=4, cross_terms=cross_terms)
