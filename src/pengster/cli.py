@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``pengster`` command line."""
     parser, train = _parser()
     args = parser.parse_args(argv)
-    _quiet()
     if args.command == "demo":
+        _quiet()
         import torch
 
         torch.set_num_threads(args.threads)
@@ -206,6 +206,13 @@ def _train(args: argparse.Namespace, error) -> int:
         error(f"INPUT {args.input!r} could not be read as an .h5mu file ({exc}); write it with mdata.write(path).")
     modalities = _parse_modalities(args.modalities, mdata, error)
     _check_setup_flags(args, mdata, modalities, error)
+    setup_kwargs = {name: getattr(args, name) for name in [*_LAYER_FLAGS, *_OBS_FLAGS]}
+    try:
+        pengster.model.JointVAE.setup_mudata(mdata, modalities=modalities, **setup_kwargs)
+    except (KeyError, ValueError, TypeError) as exc:
+        error(f"INPUT cannot be set up with these flags: {exc.args[0] if exc.args else exc}")
+    # the arguments are valid; from here on the run trains, and the process is the command's
+    _quiet()
     if args.threads is not None:
         import torch
 
@@ -213,11 +220,6 @@ def _train(args: argparse.Namespace, error) -> int:
     import scvi
 
     scvi.settings.seed = args.seed
-    setup_kwargs = {name: getattr(args, name) for name in [*_LAYER_FLAGS, *_OBS_FLAGS]}
-    try:
-        pengster.model.JointVAE.setup_mudata(mdata, modalities=modalities, **setup_kwargs)
-    except (KeyError, ValueError, TypeError) as exc:
-        error(f"INPUT cannot be set up with these flags: {exc.args[0] if exc.args else exc}")
     model = pengster.model.JointVAE(mdata, n_latent=args.n_latent)
     devices = args.devices if not args.devices.replace(",", "").isdigit() else _devices(args.devices)
     model.train(
