@@ -77,7 +77,7 @@ class PengsterRunner:
         scvi.settings.seed = seed
         self.study = study
         self.mdata = study.mudata(layout="mosaic")
-        modalities = {m: MOD_KEYS[m] for m in MOD_KEYS if m in study.counts}
+        modalities = {f"{m}_layer": MOD_KEYS[m] for m in MOD_KEYS if m in study.counts}
         pengster.model.JointVAE.setup_mudata(self.mdata, modalities=modalities, batch_key="batch")
         self.model = pengster.model.JointVAE(self.mdata, **self.model_kwargs)
         train_kwargs = {"batch_size": 256, **self.train_kwargs}

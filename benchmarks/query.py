@@ -103,7 +103,7 @@ def cross_modal(observed_rna, predicted_rna, observed_atac, predicted_atac) -> d
 
 def run_pengster(reference, query, *, seed: int, epochs: tuple[int, int]) -> dict:
     scvi.settings.seed = seed
-    JointVAE.setup_mudata(reference, modalities={"rna": "rna", "atac": "atac"}, batch_key="batch")
+    JointVAE.setup_mudata(reference, modalities={"rna_layer": "rna", "atac_layer": "atac"}, batch_key="batch")
     model = JointVAE(reference, n_hidden=128)
     model.train(max_epochs=epochs[0], batch_size=256, enable_progress_bar=False)
     query_model = JointVAE.load_query_data(query, model)

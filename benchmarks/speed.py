@@ -163,7 +163,11 @@ def run_one(spec: dict) -> dict:
     if method.startswith("pengster"):
         import pengster
 
-        modalities = {"rna": "rna", "atac": "atac"} if dataset == "multiome" else {"rna": "rna", "protein": "prot"}
+        modalities = (
+            {"rna_layer": "rna", "atac_layer": "atac"}
+            if dataset == "multiome"
+            else {"rna_layer": "rna", "protein_layer": "prot"}
+        )
         pengster.model.JointVAE.setup_mudata(mdata, modalities=modalities, batch_key="batch")
         model = pengster.model.JointVAE(mdata, **(spec.get("model_kwargs") or {}))
         for name, value in (spec.get("module_attrs") or {}).items():

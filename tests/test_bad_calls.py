@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 def rna_atac_model():
     """A JointVAE trained (one epoch) on rna + atac only."""
     mdata = small_mosaic()
-    JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac"}, batch_key="batch")
+    JointVAE.setup_mudata(mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"}, batch_key="batch")
     model = JointVAE(mdata, n_latent=4, n_hidden=16)
     model.train(max_epochs=1, batch_size=64, enable_progress_bar=False)
     return model, mdata
@@ -35,7 +35,7 @@ GETTER_CASES = [
     (
         "predict_untrained_modality",
         lambda model: model.predict(target="protein"),
-        [r"target='protein'", r"trained on \['rna', 'atac'\]", r"pass one of those", r"modalities=\{'protein'"],
+        [r"target='protein'", r"trained on \['rna', 'atac'\]", r"pass one of those", r"modalities=\{'protein_layer'"],
     ),
     (
         "predict_unknown_source",

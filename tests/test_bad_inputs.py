@@ -24,7 +24,7 @@ from pengster.model import JointVAE
 
 torch.set_num_threads(1)
 
-ALL = {"rna": "rna", "atac": "atac", "protein": "prot"}
+SETUP_MODALITIES = {"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}
 
 
 def small_mosaic(seed: int = 0) -> md.MuData:
@@ -155,6 +155,11 @@ def _fractional_measured(mdata: md.MuData) -> md.MuData:
     return mdata
 
 
+def _with_obs(mdata: md.MuData, key: str, values: np.ndarray) -> md.MuData:
+    mdata.obs[key] = values
+    return mdata
+
+
 def _renamed_mods(mdata: md.MuData) -> md.MuData:
     return md.MuData({"gene_expression": mdata.mod["rna"], "chromatin": mdata.mod["atac"]})
 
@@ -164,9 +169,9 @@ SETUP_CASES = [
     (
         "mod_key_not_in_mdata",
         None,
-        {"modalities": {"rna": "rna", "protein": "adt"}},
+        {"modalities": {"rna_layer": "rna", "protein_layer": "adt"}},
         KeyError,
-        [r"mdata\.mod has no 'adt'", r"'protein'", r"\['rna', 'atac', 'prot'\]", r"pass modalities="],
+        [r"mdata\.mod has no 'adt'", r"'protein'", r"\['rna', 'atac', 'prot'\]", r"pass modalities=\{'protein_layer'"],
     ),
     (
         "no_usual_mod_keys",
@@ -178,189 +183,271 @@ SETUP_CASES = [
     (
         "unknown_modality_name",
         None,
-        {"modalities": {"rna": "rna", "adt": "prot"}},
+        {"modalities": {"rna_layer": "rna", "adt_layer": "prot"}},
         ValueError,
-        [r"modalities", r"unknown modality 'adt'", r"'protein'", r"modalities=\{'protein': 'prot'\}"],
+        [r"modalities has the unknown key 'adt_layer'", r"'protein_layer'", r"'batch_key'", r"'rna', 'atac', 'prot'"],
+    ),
+    (
+        "removed_modalities_form",
+        None,
+        {"modalities": {"rna": "rna", "protein": "prot"}, "batch_key": "batch"},
+        ValueError,
+        [r"scvi-tools' arguments", r"form is gone", r"modalities=\{'rna_layer': 'rna', 'protein_layer': 'prot'\}"],
+    ),
+    (
+        "removed_layers_argument",
+        None,
+        {"modalities": {"rna": "rna", "protein": "prot"}, "layers": {"rna": "counts", "protein": "counts"}},
+        TypeError,
+        [r"form is gone", r"rna_layer='counts', protein_layer='counts'", r"'protein_layer': 'prot'"],
+    ),
+    (
+        "modalities_not_a_dict",
+        None,
+        {"modalities": ["rna", "prot"]},
+        TypeError,
+        [r"modalities=\['rna', 'prot'\]", r"dict from setup_mudata's argument names", r"'rna_layer': 'rna'"],
+    ),
+    (
+        "modalities_without_a_layer_key",
+        None,
+        {"modalities": {"batch_key": "rna"}},
+        ValueError,
+        [r"names no modality", r"'rna_layer'", r"\['rna', 'atac', 'prot'\]"],
+    ),
+    (
+        "obs_argument_mapped_to_unknown_mod",
+        None,
+        {"modalities": {**SETUP_MODALITIES, "batch_key": "gex"}, "batch_key": "batch"},
+        KeyError,
+        [r"mdata\.mod has no 'gex'", r"'batch_key': 'gex'", r"leave it out of modalities"],
+    ),
+    (
+        "batch_key_from_a_modality_missing_cells",
+        None,
+        {"modalities": {**SETUP_MODALITIES, "batch_key": "atac"}, "batch_key": "batch"},
+        ValueError,
+        [r"mdata\.mod\['atac'\]\.obs\['batch'\]", r"60 of 120 cells", r"put the column in mdata\.obs"],
+    ),
+    (
+        "batch_key_not_in_the_modality",
+        None,
+        {"modalities": {**SETUP_MODALITIES, "batch_key": "rna"}, "batch_key": "dataset"},
+        KeyError,
+        [r"mdata\.mod\['rna'\]\.obs has no column 'dataset'", r"leave 'batch_key' out of modalities"],
     ),
     (
         "two_modalities_one_key",
         None,
-        {"modalities": {"rna": "rna", "protein": "rna"}},
+        {"modalities": {"rna_layer": "rna", "protein_layer": "rna"}},
         ValueError,
-        [r"modalities", r"same mdata\.mod key", r"'protein': 'rna'", r"give each modality its own key"],
+        [r"modalities", r"same mdata\.mod key", r"'protein_layer': 'rna'", r"give each modality its own key"],
     ),
     (
         "missing_layer",
         None,
-        {"modalities": ALL, "layers": {"protein": "raw"}},
+        {"modalities": SETUP_MODALITIES, "protein_layer": "raw"},
         KeyError,
-        [r"mdata\.mod\['prot'\]\.layers has no 'raw'", r"\['counts'\]", r"layers=\{'protein'"],
+        [r"mdata\.mod\['prot'\]\.layers has no 'raw'", r"\['counts'\]", r"pass protein_layer="],
     ),
     (
-        "layers_names_unregistered_modality",
+        "layer_of_an_unmapped_modality",
         None,
-        {"modalities": {"rna": "rna"}, "layers": {"protein": "counts"}},
+        {"modalities": {"rna_layer": "rna"}, "protein_layer": "counts"},
         ValueError,
-        [r"layers", r"'protein'", r"modalities=", r"same modality names"],
+        [r"protein_layer='counts'", r"does not map 'protein_layer'", r"add 'protein_layer'", r"drop protein_layer"],
     ),
     (
         "negative_counts",
         lambda m: _with_matrix(m, "prot", _set_first(-3.0)),
-        {"modalities": ALL},
+        {"modalities": SETUP_MODALITIES},
         ValueError,
-        [r"mdata\.mod\['prot'\]\.X", r"negative", r"layers=\{'protein': 'counts'\}"],
+        [r"mdata\.mod\['prot'\]\.X", r"negative", r"protein_layer='counts'"],
     ),
     (
         "negative_integer_counts",
         lambda m: _with_matrix(m, "prot", lambda x: _set_first(-3.0)(x).astype(np.int64)),
-        {"modalities": ALL},
+        {"modalities": SETUP_MODALITIES},
         ValueError,
-        [r"mdata\.mod\['prot'\]\.X", r"negative", r"layers=\{'protein': 'counts'\}"],
+        [r"mdata\.mod\['prot'\]\.X", r"negative", r"protein_layer='counts'"],
     ),
     (
         "log_normalized",
         lambda m: _with_matrix(m, "rna", _log_normalized),
-        {"modalities": ALL},
+        {"modalities": SETUP_MODALITIES},
         ValueError,
         [r"mdata\.mod\['rna'\]\.X", r"non-integer", r"looks log-normalized; pass the raw counts layer", r"'counts'"],
     ),
     (
         "nan",
         lambda m: _with_matrix(m, "atac", _set_first(np.nan)),
-        {"modalities": ALL},
+        {"modalities": SETUP_MODALITIES},
         ValueError,
-        [r"mdata\.mod\['atac'\]\.X", r"NaN", r"layers=\{'atac': 'counts'\}"],
+        [r"mdata\.mod\['atac'\]\.X", r"NaN", r"atac_layer='counts'"],
     ),
     (
         "inf",
         lambda m: _with_matrix(m, "atac", _set_first(np.inf)),
-        {"modalities": ALL},
+        {"modalities": SETUP_MODALITIES},
         ValueError,
-        [r"mdata\.mod\['atac'\]\.X", r"infinite", r"layers=\{'atac': 'counts'\}"],
+        [r"mdata\.mod\['atac'\]\.X", r"infinite", r"atac_layer='counts'"],
     ),
     (
         "string_dtype",
         lambda m: _with_matrix(m, "prot", lambda x: x.astype(str)),
-        {"modalities": ALL},
+        {"modalities": SETUP_MODALITIES},
         ValueError,
-        [r"mdata\.mod\['prot'\]\.X", r"dtype <U", r"not numbers", r"layers=\{'protein': 'counts'\}"],
+        [r"mdata\.mod\['prot'\]\.X", r"dtype <U", r"not numbers", r"protein_layer='counts'"],
     ),
     (
         "duplicate_obs_names",
         _duplicate_obs_names,
-        {"modalities": {"rna": "rna"}},
+        {"modalities": {"rna_layer": "rna"}},
         ValueError,
         [r"mdata\.obs_names", r"duplicates", r"'cell_a'", r"obs_names_make_unique"],
     ),
     (
         "batch_key_missing",
         None,
-        {"modalities": ALL, "batch_key": "sample"},
+        {"modalities": SETUP_MODALITIES, "batch_key": "sample"},
         KeyError,
         [r"mdata\.obs has no column 'sample'", r"batch_key='sample'", r"'batch'", r"pass batch_key="],
     ),
     (
         "nan_in_batch",
         _nan_batch,
-        {"modalities": ALL, "batch_key": "batch"},
+        {"modalities": SETUP_MODALITIES, "batch_key": "batch"},
         ValueError,
         [r"mdata\.obs\['batch'\]", r"1 missing value", r"fill them", r"batch_key='batch'"],
     ),
     (
         "covariate_missing",
         None,
-        {"modalities": ALL, "categorical_covariate_keys": ["donor"]},
+        {"modalities": SETUP_MODALITIES, "categorical_covariate_keys": ["donor"]},
         KeyError,
         [r"mdata\.obs has no column 'donor'", r"categorical_covariate_keys", r"pass categorical_covariate_keys="],
     ),
     (
         "dataset_key_missing",
         None,
-        {"modalities": ALL, "dataset_key": "study"},
+        {"modalities": SETUP_MODALITIES, "dataset_key": "study"},
         KeyError,
         [r"mdata\.obs has no column 'study'", r"dataset_key='study'", r"pass dataset_key="],
     ),
     (
         "cell_without_registered_modality",
         None,
-        {"modalities": {"atac": "atac"}},
+        {"modalities": {"atac_layer": "atac"}},
         ValueError,
         [r"60 cells of mdata", r"none of the modalities \['atac'\]", r"cite_cell0", r"drop them", r"register"],
     ),
     (
         "atac_tfidf",
         lambda m: _with_matrix(m, "atac", _tfidf),
-        {"modalities": ALL},
+        {"modalities": SETUP_MODALITIES},
         ValueError,
         [
             r"mdata\.mod\['atac'\]\.X",
             r"non-integer",
             r"looks TF-IDF",
             r"raw peak counts",
-            r"layers=\{'atac': 'counts'\}",
+            r"atac_layer='counts'",
         ],
     ),
     (
         "protein_clr",
         lambda m: _with_matrix(m, "prot", _clr),
-        {"modalities": ALL},
+        {"modalities": SETUP_MODALITIES},
         ValueError,
-        [r"mdata\.mod\['prot'\]\.X", r"non-integer", r"looks CLR-normalized", r"layers=\{'protein': 'counts'\}"],
+        [r"mdata\.mod\['prot'\]\.X", r"non-integer", r"looks CLR-normalized", r"protein_layer='counts'"],
     ),
     (
         "object_dtype",
         lambda m: _with_matrix(m, "rna", lambda x: x.astype(object)),
-        {"modalities": ALL},
+        {"modalities": SETUP_MODALITIES},
         ValueError,
         [r"mdata\.mod\['rna'\]\.X", r"dtype object", r"not numbers", r"layers are \['counts'\]"],
     ),
     (
         "int64_overflow_sized",
         lambda m: _with_matrix(m, "rna", lambda x: _set_first(2.0**40)(x).astype(np.int64)),
-        {"modalities": ALL},
+        {"modalities": SETUP_MODALITIES},
         ValueError,
         [r"mdata\.mod\['rna'\]\.X", r"counts up to 1\.1e\+12", r"above 2\*\*31 - 1", r"overflowed", r"'counts'"],
     ),
     (
         "uint64_wrapped_negative",
         lambda m: _with_matrix(m, "prot", lambda x: _set_first(-1.0)(x).astype(np.int64).astype(np.uint64)),
-        {"modalities": ALL},
+        {"modalities": SETUP_MODALITIES},
         ValueError,
-        [r"mdata\.mod\['prot'\]\.X", r"1\.84e\+19", r"overflowed or was cast", r"layers=\{'protein'"],
+        [r"mdata\.mod\['prot'\]\.X", r"1\.84e\+19", r"overflowed or was cast", r"protein_layer="],
     ),
     (
         "modality_cells_not_in_obs",
         _prot_out_of_sync,
-        {"modalities": ALL},
+        {"modalities": SETUP_MODALITIES},
         ValueError,
         [r"mdata\.mod\['prot'\] has 60 cells that are not in mdata\.obs_names", r"out of sync", r"mdata\.update\(\)"],
     ),
     (
         "obs_cells_dropped_from_modalities",
         _multiome_subset_in_place,
-        {"modalities": ALL},
+        {"modalities": SETUP_MODALITIES},
         ValueError,
         [r"10 cells of mdata have none of the modalities", r"multiome_cell0", r"call mdata\.update\(\)"],
     ),
     (
         "measured_not_true_false",
         _fractional_measured,
-        {"modalities": ALL, "dataset_key": "dataset"},
+        {"modalities": SETUP_MODALITIES, "dataset_key": "dataset"},
         ValueError,
         [r"mdata\.mod\['prot'\]\.varm\['measured'\]\['cite'\]", r"'protein2': 0\.5", r"Set it to booleans"],
     ),
     (
         "modality_with_zero_features",
         _zero_proteins,
-        {"modalities": ALL},
+        {"modalities": SETUP_MODALITIES},
         ValueError,
         [r"mdata\.mod\['prot'\]", r"zero features", r"drop modality 'protein'"],
+    ),
+    (
+        "continuous_covariate_not_numeric",
+        None,
+        {"modalities": SETUP_MODALITIES, "continuous_covariate_keys": ["batch"]},
+        ValueError,
+        [r"mdata\.obs\['batch'\]", r"continuous_covariate_keys", r"not numbers", r"categorical_covariate_keys"],
+    ),
+    (
+        "continuous_covariate_with_nan",
+        lambda m: _with_obs(m, "pct_mito", np.where(np.arange(m.n_obs) == 5, np.nan, 1.5)),
+        {"modalities": SETUP_MODALITIES, "continuous_covariate_keys": ["pct_mito"]},
+        ValueError,
+        [r"mdata\.obs\['pct_mito'\]", r"1 missing or infinite", r"fill them", r"continuous_covariate_keys='pct_mito'"],
+    ),
+    (
+        "continuous_covariate_missing",
+        None,
+        {"modalities": SETUP_MODALITIES, "continuous_covariate_keys": "pct_mito"},
+        KeyError,
+        [r"mdata\.obs has no column 'pct_mito'", r"pass continuous_covariate_keys="],
+    ),
+    (
+        "size_factor_not_positive",
+        lambda m: _with_obs(m, "size_factor", np.where(np.arange(m.n_obs) < 2, 0.0, 800.0)),
+        {"modalities": SETUP_MODALITIES, "size_factor_key": "size_factor"},
+        ValueError,
+        [r"mdata\.obs\['size_factor'\]", r"2 values that are not positive", r"size_factor_key=None"],
+    ),
+    (
+        "size_factor_without_rna",
+        lambda m: _with_obs(m, "size_factor", np.full(m.n_obs, 800.0)),
+        {"modalities": {"atac_layer": "atac", "protein_layer": "prot"}, "size_factor_key": "size_factor"},
+        ValueError,
+        [r"size_factor_key='size_factor'", r"no RNA modality", r"'rna_layer'"],
     ),
 ]
 
 
-# _setup.prepare drops layers entries of unregistered modalities before check_layers sees them, so a typo such as
-# layers={'protein': ...} with no 'protein' in modalities is silently ignored
 _KNOWN_BUGS: dict[str, str] = {}
 
 
@@ -392,7 +479,7 @@ def test_anndata_is_rejected_with_the_wrapping_fix():
     adata = small_mosaic().mod["rna"]
     snap = snapshot(adata)
     with pytest.raises(TypeError) as excinfo:
-        JointVAE.setup_mudata(adata, modalities={"rna": "rna"})
+        JointVAE.setup_mudata(adata, modalities={"rna_layer": "rna"})
     assert_names(excinfo.value, r"needs a MuData, got an AnnData", r"mudata\.MuData\(\{'rna': adata\}\)")
     with pytest.raises(TypeError, match=r"registers MuData.*mudata\.MuData\(\{'rna': adata\}\).*setup_mudata"):
         JointVAE.setup_anndata(adata)

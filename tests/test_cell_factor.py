@@ -11,7 +11,7 @@ import pengster
 from pengster.model import JointVAE
 from pengster.nn import CellFactorPredictor
 
-MODALITIES = {"rna": "rna", "atac": "atac", "protein": "prot"}
+SETUP_MODALITIES = {"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}
 
 
 def test_predictor_recovers_a_linear_relation_in_log_depth():
@@ -57,7 +57,7 @@ def depth_mosaic():
 
 def _trained(mdata, **model_kwargs):
     torch.set_num_threads(1)
-    JointVAE.setup_mudata(mdata, modalities=MODALITIES, batch_key="batch")
+    JointVAE.setup_mudata(mdata, modalities=SETUP_MODALITIES, batch_key="batch")
     model = JointVAE(mdata, n_latent=6, n_hidden=32, **model_kwargs)
     model.train(max_epochs=40, batch_size=64, early_stopping=False, enable_progress_bar=False)
     return model
@@ -93,7 +93,7 @@ def test_atac_predicted_from_rna_carries_rna_depth(depth_mosaic, model_on):
     # the prediction reads the source's depth only: the cell's own ATAC does not move it
     changed = depth_mosaic.copy()
     changed.mod["atac"].X = changed.mod["atac"].X[::-1]
-    JointVAE.setup_mudata(changed, modalities=MODALITIES, batch_key="batch")
+    JointVAE.setup_mudata(changed, modalities=SETUP_MODALITIES, batch_key="batch")
     again = model_on.predict(changed, target="atac", source="rna").loc[atac_cells].to_numpy()
     np.testing.assert_allclose(predicted, again, rtol=1e-5)
 

@@ -49,7 +49,7 @@ def test_sampled_pairs_one_term_per_measured_modality_drawn_in_proportion_to_wei
 def _module_and_minibatch():
     mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 40, "cite": 30}, gene_overlap=0.8, seed=3)
     pengster.model.JointVAE.setup_mudata(
-        mdata, modalities={"rna": "rna", "atac": "atac", "protein": "prot"}, batch_key="batch"
+        mdata, modalities={"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}, batch_key="batch"
     )
     model = pengster.model.JointVAE(mdata, n_hidden=16, n_latent=4, dropout_rate=0.0, cross_terms="sampled")
     loader = loader_from_manager(
@@ -102,13 +102,15 @@ def test_sampled_terms_only_in_training_and_bad_value_named():
 
 def test_train_with_sampled_terms_decodes_fewer_rows(monkeypatch):
     mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 60}, n_genes=40, n_peaks=50, seed=4)
-    pengster.model.JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac"}, batch_key="batch")
+    pengster.model.JointVAE.setup_mudata(
+        mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"}, batch_key="batch"
+    )
     rows = {}
     decoded = []
     module_class = pengster.module.JointVAEModule
     original = module_class.decode
     monkeypatch.setattr(
-        module_class, "decode", lambda self, m, z, *a: decoded.append(len(z)) or original(self, m, z, *a)
+        module_class, "decode", lambda self, m, z, *a, **k: decoded.append(len(z)) or original(self, m, z, *a, **k)
     )
     for cross_terms in ("all", "sampled", "single"):
         model = pengster.model.JointVAE(mdata, n_hidden=16, n_latent=4, cross_terms=cross_terms)

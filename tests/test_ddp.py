@@ -43,7 +43,9 @@ SCRIPT = textwrap.dedent(
     mdata = pengster.data.synthetic_mosaic(
         n_cells={"multiome": 120, "cite": 100}, n_genes=40, n_peaks=50, n_proteins=8, seed=1
     )
-    pengster.model.JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac", "protein": "prot"})
+    pengster.model.JointVAE.setup_mudata(
+        mdata, modalities={"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}
+    )
     model = pengster.model.JointVAE(mdata, n_latent=4, n_hidden=16)
     model.train(
         max_epochs=2, batch_size=32, accelerator="cpu", devices=2, strategy="ddp_find_unused_parameters_true",

@@ -31,6 +31,7 @@ from pengster.train._callbacks import LAST_CHECKPOINT, LAST_MODEL
 torch.set_num_threads(1)
 
 ALL = {"rna": "rna", "atac": "atac", "protein": "prot"}
+SETUP_MODALITIES = {"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}
 MODEL_KWARGS = {"n_latent": 4, "n_hidden": 16}
 TRAIN_KWARGS = {"max_epochs": 5, "batch_size": 32, "enable_progress_bar": False}
 STOP_EPOCH = 3
@@ -38,7 +39,7 @@ STOP_EPOCH = 3
 
 def _mosaic() -> md.MuData:
     mdata = synthetic_mosaic(n_cells={"multiome": 60, "cite": 60}, n_genes=30, n_peaks=40, n_proteins=8, seed=0)
-    JointVAE.setup_mudata(mdata, modalities=ALL, batch_key="batch")
+    JointVAE.setup_mudata(mdata, modalities=SETUP_MODALITIES, batch_key="batch")
     return mdata
 
 
@@ -355,7 +356,7 @@ def test_real_data_with_extreme_depths_and_protein_background_stays_finite(data_
     totals = np.asarray(rna.layers["counts"].sum(1)).ravel()
     assert totals.min() == 1 and totals.max() >= 9e5
     JointVAE.setup_mudata(
-        cite, modalities={"rna": "rna", "protein": "prot"}, layers={"rna": "counts", "protein": "counts"}
+        cite, modalities={"rna_layer": "rna", "protein_layer": "prot"}, rna_layer="counts", protein_layer="counts"
     )
     scvi.settings.seed = 0
     model = JointVAE(cite, n_latent=8, n_hidden=64)

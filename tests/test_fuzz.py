@@ -88,7 +88,7 @@ def _build(mods: dict, n_batches: int) -> md.MuData:
 
 def _check_run(parts: dict, run: dict) -> str:
     mdata = pengster.data.mosaic({name: _build(*spec) for name, spec in parts.items()})
-    modalities = {m: key for m, key in MOD_KEYS.items() if key in mdata.mod}
+    modalities = {f"{m}_layer": key for m, key in MOD_KEYS.items() if key in mdata.mod}
     scvi.settings.seed = 0
     try:
         JointVAE.setup_mudata(mdata, modalities=modalities, batch_key="batch")

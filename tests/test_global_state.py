@@ -83,7 +83,9 @@ def _process_state() -> dict:
 )
 def test_train_and_getters_leave_the_process_as_they_found_it(train_kwargs):
     mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 50, "cite": 40}, n_genes=30, n_peaks=40, seed=0)
-    JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac", "protein": "prot"}, batch_key="batch")
+    JointVAE.setup_mudata(
+        mdata, modalities={"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}, batch_key="batch"
+    )
     model = JointVAE(mdata, n_hidden=16, n_latent=4)
     before = _process_state()
     model.train(max_epochs=2, batch_size=32, accelerator="cpu", enable_progress_bar=False, **train_kwargs)

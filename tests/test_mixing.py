@@ -67,7 +67,9 @@ def test_mixing_weight_mixes_datasets_with_disjoint_gene_panels():
     shares = {}
     for weight in (0.0, 50.0):
         torch.manual_seed(0)
-        JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac", "protein": "prot"}, batch_key="batch")
+        JointVAE.setup_mudata(
+            mdata, modalities={"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}, batch_key="batch"
+        )
         model = JointVAE(mdata, n_latent=4, n_hidden=32, mixing_weight=weight)
         model.train(max_epochs=30, batch_size=100, enable_progress_bar=False, early_stopping=False)
         latent = model.get_latent_representation()
@@ -103,7 +105,9 @@ def test_bridge_posterior_sees_only_shared_genes_and_not_the_dataset():
     from pengster.module._bridge import bridge_posterior
 
     mdata = _bridge_mosaic()
-    JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac", "protein": "prot"}, batch_key="batch")
+    JointVAE.setup_mudata(
+        mdata, modalities={"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}, batch_key="batch"
+    )
     model = JointVAE(mdata, n_latent=4, n_hidden=16)
     assert model.init_params_["non_kwargs"]["bridge_weight"] == 1.0
     module = model.module.eval()
@@ -143,7 +147,7 @@ def test_bridge_alignment_moves_the_joint_posterior_only():
 
 def test_single_dataset_builds_no_bridge():
     mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 40}, n_genes=30, n_peaks=30, seed=5)
-    JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac"}, batch_key="batch")
+    JointVAE.setup_mudata(mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"}, batch_key="batch")
     model = JointVAE(mdata, n_latent=4, n_hidden=16)
     assert model.module.bridge_weight == 0.0
     assert not hasattr(model.module, "bridge_encoder")

@@ -9,11 +9,11 @@ from pengster.dataloaders import MosaicBatchSampler
 from pengster.model import JointVAE
 from pengster.nn import product_of_experts
 
-MODALITIES = {"rna": "rna", "atac": "atac", "protein": "prot"}
+SETUP_MODALITIES = {"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}
 
 
 def trained(mdata, max_epochs=3, **model_kwargs):
-    JointVAE.setup_mudata(mdata, modalities=MODALITIES, batch_key="batch")
+    JointVAE.setup_mudata(mdata, modalities=SETUP_MODALITIES, batch_key="batch")
     model = JointVAE(mdata, n_latent=6, n_hidden=32, **model_kwargs)
     model.train(max_epochs=max_epochs, batch_size=64, enable_progress_bar=False)
     return model
@@ -102,7 +102,7 @@ def test_prediction_uses_only_the_source(model, mosaic):
     before = model.predict(target="protein", source="rna").loc[prot_cells]
     changed = mosaic.copy()
     changed.mod["prot"].X = changed.mod["prot"].X * 5
-    JointVAE.setup_mudata(changed, modalities=MODALITIES, batch_key="batch")
+    JointVAE.setup_mudata(changed, modalities=SETUP_MODALITIES, batch_key="batch")
     after = model.predict(changed, target="protein", source="rna").loc[prot_cells]
     np.testing.assert_allclose(before.to_numpy(), after.to_numpy(), rtol=1e-5)
     with_protein = model.get_latent_representation(changed)

@@ -11,7 +11,7 @@ from sklearn.neighbors import NearestNeighbors
 import pengster
 from pengster.model import JointVAE
 
-MODALITIES = {"rna": "rna", "atac": "atac", "protein": "prot"}
+SETUP_MODALITIES = {"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def model():
     mdata = pengster.data.synthetic_mosaic(
         n_cells={"multiome": 80, "cite": 70}, n_genes=40, n_peaks=50, n_proteins=10, gene_overlap=1.0, seed=4
     )
-    JointVAE.setup_mudata(mdata, modalities=MODALITIES, batch_key="batch")
+    JointVAE.setup_mudata(mdata, modalities=SETUP_MODALITIES, batch_key="batch")
     model = JointVAE(mdata, n_latent=5, n_hidden=32)
     model.train(max_epochs=3, batch_size=64, enable_progress_bar=False)
     return model

@@ -16,7 +16,8 @@ from pengster.tl import write_results
 torch.set_num_threads(1)
 
 MODALITIES = {"rna": "rna", "atac": "atac", "protein": "prot"}
-LAYERS = {"rna": "counts", "atac": "counts", "protein": "counts"}
+SETUP_MODALITIES = {"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}
+LAYERS = {"rna_layer": "counts", "atac_layer": "counts", "protein_layer": "counts"}
 
 
 def _mosaic(seed: int = 0) -> md.MuData:
@@ -117,7 +118,7 @@ def test_setup_train_and_getters_leave_the_mudata_unchanged():
             raise AssertionError(f"{step} changed the user's MuData: {error}") from error
 
     JointVAE.setup_mudata(
-        mdata, modalities=MODALITIES, layers=LAYERS, batch_key="batch", categorical_covariate_keys=["donor"]
+        mdata, modalities=SETUP_MODALITIES, **LAYERS, batch_key="batch", categorical_covariate_keys=["donor"]
     )
     check("setup_mudata")
     model = JointVAE(mdata, n_latent=4, n_hidden=16)
@@ -142,7 +143,7 @@ def test_setup_train_and_getters_leave_the_mudata_unchanged():
 @pytest.fixture(scope="module")
 def trained():
     mdata = _mosaic()
-    JointVAE.setup_mudata(mdata, modalities=MODALITIES, layers=LAYERS, batch_key="batch")
+    JointVAE.setup_mudata(mdata, modalities=SETUP_MODALITIES, **LAYERS, batch_key="batch")
     model = JointVAE(mdata, n_latent=4, n_hidden=16)
     model.train(max_epochs=2, batch_size=64, enable_progress_bar=False)
     return model

@@ -19,7 +19,9 @@ BATCH_NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 def _model_and_minibatch():
     mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 50, "cite": 40}, gene_overlap=0.8, seed=3)
-    JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac", "protein": "prot"}, batch_key="batch")
+    JointVAE.setup_mudata(
+        mdata, modalities={"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}, batch_key="batch"
+    )
     scvi.settings.seed = 0
     model = JointVAE(mdata, n_hidden=16, n_latent=4)
     loader = loader_from_manager(

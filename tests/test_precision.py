@@ -18,7 +18,7 @@ def mosaic():
     # multiome, CITE-seq and partly shared genes: every modality, the bridge and the cell factor
     mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 40, "cite": 30}, gene_overlap=0.8, seed=5)
     pengster.model.JointVAE.setup_mudata(
-        mdata, modalities={"rna": "rna", "atac": "atac", "protein": "prot"}, batch_key="batch"
+        mdata, modalities={"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}, batch_key="batch"
     )
     return mdata
 

@@ -16,7 +16,7 @@ from pengster.model import JointVAE
 from pengster.model._query import transfer_weights
 from pengster.module import JointVAEModule
 
-MODALITIES = {"rna": "rna", "atac": "atac", "protein": "prot"}
+SETUP_MODALITIES = {"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}
 
 
 def subset(mdata: md.MuData, cells: np.ndarray) -> md.MuData:
@@ -59,7 +59,7 @@ def query(mosaic):
 @pytest.fixture(scope="module")
 def reference_model(reference):
     torch.set_num_threads(1)
-    JointVAE.setup_mudata(reference, modalities=MODALITIES, batch_key="batch")
+    JointVAE.setup_mudata(reference, modalities=SETUP_MODALITIES, batch_key="batch")
     model = JointVAE(reference, n_latent=6, n_hidden=32)
     model.train(max_epochs=30, batch_size=64, enable_progress_bar=False)
     return model

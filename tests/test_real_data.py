@@ -22,8 +22,9 @@ def test_bmmc_cite_rna_to_protein(data_dir):
     hidden = hide_test_cells(cite, "prot")
     JointVAE.setup_mudata(
         hidden,
-        modalities={"rna": "rna", "protein": "prot"},
-        layers={"rna": "counts", "protein": "counts"},
+        modalities={"rna_layer": "rna", "protein_layer": "prot"},
+        rna_layer="counts",
+        protein_layer="counts",
         batch_key="batch",
     )
     model = JointVAE(hidden)
@@ -48,7 +49,7 @@ def test_snareseq2_atac_to_rna_held_out_libraries(data_dir):
     peaks = atac.var_names[np.argsort(-frequency)[:5000]]
     train = md.MuData({"rna": snare.mod["rna"][~held_out].copy(), "atac": atac[~held_out, peaks].copy()})
     train.obs = snare.obs.loc[train.obs_names].copy()
-    JointVAE.setup_mudata(train, modalities={"rna": "rna", "atac": "atac"})
+    JointVAE.setup_mudata(train, modalities={"rna_layer": "rna", "atac_layer": "atac"})
     model = JointVAE(train, n_hidden=128)
     torch.set_num_threads(2)
     try:

@@ -16,11 +16,12 @@ from pengster.tl import write_results
 torch.set_num_threads(1)
 
 ALL = {"rna": "rna", "atac": "atac", "protein": "prot"}
+SETUP_MODALITIES = {"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}
 
 
 def _run(seed: int) -> tuple[JointVAE, md.MuData]:
     mdata = synthetic_mosaic(n_cells={"multiome": 60, "cite": 60}, n_genes=30, n_peaks=40, n_proteins=8, seed=5)
-    JointVAE.setup_mudata(mdata, modalities=ALL, batch_key="batch")
+    JointVAE.setup_mudata(mdata, modalities=SETUP_MODALITIES, batch_key="batch")
     scvi.settings.seed = seed
     model = JointVAE(mdata, n_latent=4, n_hidden=16)
     model.train(max_epochs=3, batch_size=32, enable_progress_bar=False)

@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 # the synthetic mosaic has ATAC cells and peaks without counts; setup_mudata (and load, which sets up again) says so
 pytestmark = pytest.mark.filterwarnings("ignore:mdata.mod.*with no counts:UserWarning")
 
-MODALITIES = {"rna": "rna", "atac": "atac", "protein": "prot"}
+MODALITIES = {"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}
 
 
 def _mosaic():
@@ -319,8 +319,9 @@ def test_0_1_setup_arguments_take_the_form_of_the_current_setup_mudata(trained):
         "protein_layer": None,
         "modalities": {"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"},
     }
-    # arguments that already fit setup_mudata are kept as they are
-    assert setup_args_for(JointVAE.setup_mudata, registry) == registry["setup_args"]
+    # JointVAE.setup_mudata has that form; arguments that already fit it are kept as they are
+    assert setup_args_for(JointVAE.setup_mudata, registry) == setup_args_for(scvi_form, registry)
+    assert setup_args_for(JointVAE.setup_mudata, model.registry_) == model.registry_["setup_args"]
 
 
 def test_query_model_from_a_saved_reference_saves_and_loads_as_a_query_model(trained, tmp_path):

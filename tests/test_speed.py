@@ -180,7 +180,9 @@ def test_speed_trace_writes_the_profile_of_the_chosen_steps(tmp_path, monkeypatc
     import pengster
 
     mdata = pengster.data.synthetic_mosaic(n_cells={"multiome": 80}, n_genes=20, n_peaks=30, seed=0)
-    pengster.model.JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac"}, batch_key="batch")
+    pengster.model.JointVAE.setup_mudata(
+        mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"}, batch_key="batch"
+    )
     model = pengster.model.JointVAE(mdata, n_hidden=8, n_latent=2)
     trace = StepTrace(tmp_path, "run", first=1, last=2)
     model.train(max_epochs=2, batch_size=16, accelerator="cpu", enable_progress_bar=False, callbacks=[trace])

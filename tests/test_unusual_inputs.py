@@ -12,14 +12,16 @@ import pytest
 import scvi
 import torch
 from scipy import sparse
-from test_bad_inputs import assert_same, snapshot
+from test_bad_inputs import assert_names, assert_same, snapshot
 
 from pengster.data import synthetic_mosaic
+from pengster.data._checks import is_backed
 from pengster.model import JointVAE
 
 torch.set_num_threads(1)
 
 ALL = {"rna": "rna", "atac": "atac", "protein": "prot"}
+SETUP_MODALITIES = {"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}
 
 
 def _mosaic() -> md.MuData:
@@ -28,7 +30,7 @@ def _mosaic() -> md.MuData:
 
 def _fit(mdata: md.MuData, **setup_kwargs) -> JointVAE:
     scvi.settings.seed = 0
-    JointVAE.setup_mudata(mdata, modalities=ALL, batch_key="batch", **setup_kwargs)
+    JointVAE.setup_mudata(mdata, modalities=SETUP_MODALITIES, batch_key="batch", **setup_kwargs)
     model = JointVAE(mdata, n_latent=4, n_hidden=16)
     model.train(max_epochs=2, batch_size=50, enable_progress_bar=False)
     return model
@@ -68,30 +70,61 @@ def _int64(mdata):
     return mdata
 
 
-def _backed(mdata, tmp_path):
-    mdata.write(tmp_path / "mosaic.h5mu")
-    backed = md.read_h5mu(tmp_path / "mosaic.h5mu", backed=True)
-    assert backed.mod["rna"].isbacked
-    return backed
-
-
-@pytest.mark.parametrize("layout", ["dense", "csc", "int64", "backed"])
-def test_matrix_layouts_train_to_the_same_model(layout, reference_latent, tmp_path):
-    """Dense, CSC, integer and backed (on-disk) inputs give bit-identical latents to in-memory float CSR."""
-    mdata = _mosaic()
-    if layout == "backed":
-        mdata = _backed(mdata, tmp_path)
-        before = hashlib.sha256((tmp_path / "mosaic.h5mu").read_bytes()).hexdigest()
-    else:
-        mdata = {"dense": _dense, "csc": _csc, "int64": _int64}[layout](mdata)
-        snap = snapshot(mdata)
+@pytest.mark.parametrize("layout", ["dense", "csc", "int64"])
+def test_matrix_layouts_train_to_the_same_model(layout, reference_latent):
+    """Dense, CSC and integer inputs give bit-identical latents to in-memory float CSR."""
+    mdata = {"dense": _dense, "csc": _csc, "int64": _int64}[layout](_mosaic())
+    snap = snapshot(mdata)
     model = _fit(mdata)
     _assert_finite_outputs(model, mdata)
     np.testing.assert_array_equal(model.get_latent_representation(), reference_latent)
-    if layout == "backed":
-        assert hashlib.sha256((tmp_path / "mosaic.h5mu").read_bytes()).hexdigest() == before
-    else:
-        assert_same(mdata, snap)
+    assert_same(mdata, snap)
+
+
+def _paired() -> md.MuData:
+    return synthetic_mosaic(n_cells={"multiome": 100}, n_genes=30, n_peaks=40, seed=3)
+
+
+def _fit_paired(mdata: md.MuData) -> JointVAE:
+    scvi.settings.seed = 0
+    JointVAE.setup_mudata(mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"}, batch_key="batch")
+    model = JointVAE(mdata, n_latent=4, n_hidden=16)
+    model.train(max_epochs=2, batch_size=50, enable_progress_bar=False)
+    return model
+
+
+def test_backed_data_whose_modalities_hold_every_cell_trains_from_disk(tmp_path):
+    """A backed MuData whose modalities all hold every cell stays on disk and trains to the in-memory model."""
+    in_memory = _fit_paired(_paired()).get_latent_representation()
+    _paired().write(tmp_path / "paired.h5mu")
+    before = hashlib.sha256((tmp_path / "paired.h5mu").read_bytes()).hexdigest()
+    backed = md.read_h5mu(tmp_path / "paired.h5mu", backed=True)
+    assert backed.mod["rna"].isbacked
+    model = _fit_paired(backed)
+    # the registered matrices are the file's datasets, not in-memory copies
+    assert all(is_backed(model.adata.mod[key].X) for key in ("rna", "atac"))
+    np.testing.assert_array_equal(model.get_latent_representation(), in_memory)
+    assert hashlib.sha256((tmp_path / "paired.h5mu").read_bytes()).hexdigest() == before
+
+
+def test_backed_mosaic_is_refused_with_the_fix(tmp_path):
+    """A backed mosaic would be loaded into memory to align its modalities: setup_mudata says so and gives the fix."""
+    _mosaic().write(tmp_path / "mosaic.h5mu")
+    backed = md.read_h5mu(tmp_path / "mosaic.h5mu", backed=True)
+    with pytest.raises(ValueError) as excinfo:
+        JointVAE.setup_mudata(backed, modalities=SETUP_MODALITIES, batch_key="batch")
+    assert_names(
+        excinfo.value,
+        r"mdata is backed",
+        r"mosaic\.h5mu",
+        r"mdata\.mod\['atac'\] holds 50 of its 100 cells",
+        r"load it into memory",
+        r"mudata\.read_h5mu\('.*mosaic\.h5mu'\) \(without backed\)",
+    )
+    with pytest.raises(ValueError, match="not set up"):
+        JointVAE(backed)
+    # loaded as the message says, the same file sets up
+    JointVAE.setup_mudata(md.read_h5mu(tmp_path / "mosaic.h5mu"), modalities=SETUP_MODALITIES, batch_key="batch")
 
 
 def test_empty_cells_and_features_warn_and_train():
@@ -138,7 +171,7 @@ def test_protein_panel_missing_in_one_dataset_is_masked():
         match=r"mdata\.mod\['prot'\]: 3 proteins have no count in any cell of dataset "
         r"'cite_b' \(e\.g\. \['protein0', 'protein1', 'protein2'\]\).*as totalVI does",
     ):
-        JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "protein": "prot"}, batch_key="batch")
+        JointVAE.setup_mudata(mdata, modalities={"rna_layer": "rna", "protein_layer": "prot"}, batch_key="batch")
     model = JointVAE(mdata, n_latent=4, n_hidden=16)
     mask = model.module.feature_mask_protein.numpy()
     np.testing.assert_array_equal(mask, [[1] * 8, [0, 0, 0] + [1] * 5])  # panels in order cite_a, cite_b
@@ -169,7 +202,7 @@ def test_a_modality_with_one_cell_per_minibatch_trains():
 
 def test_train_size_one_trains_without_validation_cells(caplog):
     mdata = synthetic_mosaic(n_cells={"multiome": 40}, n_genes=30, n_peaks=40, seed=5)
-    JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac"}, batch_key="batch")
+    JointVAE.setup_mudata(mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"}, batch_key="batch")
     model = JointVAE(mdata, n_hidden=8, n_latent=3)
     with caplog.at_level("WARNING"):
         model.train(max_epochs=2, train_size=1.0, accelerator="cpu", enable_progress_bar=False)

@@ -19,6 +19,8 @@ class REGISTRY_KEYS:
 
     BATCH: Final = "batch"
     CAT_COVS: Final = "extra_categorical_covs"
+    CONT_COVS: Final = "extra_continuous_covs"
+    SIZE_FACTOR: Final = "size_factor"
     PANEL: Final = "panel"
 
     @staticmethod

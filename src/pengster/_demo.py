@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -20,9 +21,24 @@ def hide_test_cells(mdata: md.MuData, mod_key: str, *, split_key: str = "is_trai
     train = mdata.obs[split_key].astype(bool).to_numpy()
     mods = {key: adata.copy() for key, adata in mdata.mod.items() if key != mod_key}
     mods[mod_key] = mdata.mod[mod_key][train].copy()
-    hidden = md.MuData(mods)
-    hidden.obs = mdata.obs.loc[hidden.obs_names].copy()
+    with md.set_options(pull_on_update=False):  # obs is set below, nothing to pull from the modalities
+        hidden = md.MuData(mods)
+        hidden.obs = mdata.obs.loc[hidden.obs_names].copy()
     return hidden
+
+
+def _drop_empty_features(mdata: md.MuData) -> md.MuData:
+    """Keep the features with at least one count among the training cells: the others cannot be learned."""
+    mods = {}
+    for key, adata in mdata.mod.items():
+        totals = np.asarray(adata.layers["counts"].sum(axis=0)).ravel()
+        mods[key] = adata[:, totals > 0].copy()
+    with md.set_options(pull_on_update=False):
+        kept = md.MuData(mods)
+        if not kept.obs_names.equals(mdata.obs_names):
+            kept = kept[mdata.obs_names].copy()
+        kept.obs = mdata.obs.copy()
+    return kept
 
 
 def _scores(observed: np.ndarray, predicted: np.ndarray, *, binary: bool = False) -> dict[str, float]:
@@ -97,15 +113,23 @@ def run_demo(out_dir: str | Path = "demo_output", *, max_epochs: int = 300, seed
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scvi.settings.seed = seed
-    multiome, cite = pengster.datasets.bmmc_multiome(), pengster.datasets.bmmc_cite()
-    mdata = pengster.data.mosaic({"multiome": hide_test_cells(multiome, "atac"), "cite": hide_test_cells(cite, "prot")})
+    with warnings.catch_warnings():
+        # antibodies named like their genes (CD4 in RNA and protein): pengster keeps the modalities apart
+        warnings.filterwarnings("ignore", message="var_names are not unique", category=UserWarning)
+        multiome, cite = pengster.datasets.bmmc_multiome(), pengster.datasets.bmmc_cite()
+        mdata = pengster.data.mosaic(
+            {"multiome": hide_test_cells(multiome, "atac"), "cite": hide_test_cells(cite, "prot")}
+        )
+        mdata = _drop_empty_features(mdata)
     # s1d1 of the multiome run and s1d1 of the CITE-seq run are different experiments
     mdata.obs["batch_dataset"] = mdata.obs["dataset"].astype(str) + ":" + mdata.obs["batch"].astype(str)
     pengster.model.JointVAE.setup_mudata(
         mdata,
-        modalities={"rna": "rna", "atac": "atac", "protein": "prot"},
-        layers={"rna": "counts", "atac": "counts", "protein": "counts"},
+        rna_layer="counts",
+        atac_layer="counts",
+        protein_layer="counts",
         batch_key="batch_dataset",
+        modalities={"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"},
     )
     model = pengster.model.JointVAE(mdata)
     model.train(max_epochs=max_epochs, accelerator="cpu" if not torch.cuda.is_available() else "auto")
@@ -114,20 +138,22 @@ def run_demo(out_dir: str | Path = "demo_output", *, max_epochs: int = 300, seed
     rows = []
     test_cite = cite.obs_names[~cite.obs["is_train"].astype(bool).to_numpy()]
     predicted = mdata.obsm["pengster_pred_protein"].loc[test_cite]
-    observed = _dense(cite.mod["prot"][test_cite].X)
+    observed = _dense(cite.mod["prot"][test_cite, predicted.columns].X)
     rows.append({"task": "RNA->protein (CITE test)", **_scores(observed, predicted.to_numpy())})
 
     test_multiome = multiome.obs_names[~multiome.obs["is_train"].astype(bool).to_numpy()]
     predicted = mdata.obsm["pengster_pred_atac"].loc[test_multiome]
-    observed = _dense(multiome.mod["atac"][test_multiome].X)
+    observed = _dense(multiome.mod["atac"][test_multiome, predicted.columns].X)
     rows.append({"task": "RNA->ATAC (multiome test)", **_scores(observed, predicted.to_numpy(), binary=True)})
 
     # ATAC->RNA: the test cells' ATAC was never seen in training; give the model their ATAC alone
-    atac_only = md.MuData({"atac": multiome.mod["atac"][test_multiome].copy()})
-    atac_only.obs = mdata.obs.loc[test_multiome, ["dataset", "batch_dataset"]].copy()
+    peaks = mdata.mod["atac"].var_names
+    with md.set_options(pull_on_update=False):
+        atac_only = md.MuData({"atac": multiome.mod["atac"][test_multiome, peaks].copy()})
+        atac_only.obs = mdata.obs.loc[test_multiome, ["dataset", "batch_dataset"]].copy()
     predicted = model.predict(atac_only, target="rna", source="atac")
-    genes = multiome.mod["rna"].var_names
-    observed = _dense(multiome.mod["rna"][test_multiome].X)
+    genes = multiome.mod["rna"].var_names.intersection(mdata.mod["rna"].var_names, sort=False)
+    observed = _dense(multiome.mod["rna"][test_multiome, genes].X)
     rows.append({"task": "ATAC->RNA (multiome test)", **_scores(observed, predicted[genes].to_numpy())})
     table = pd.DataFrame(rows).set_index("task")
 
@@ -137,7 +163,8 @@ def run_demo(out_dir: str | Path = "demo_output", *, max_epochs: int = 300, seed
     sc.tl.umap(embedding, random_state=seed)
     mdata.obsm["X_umap"] = embedding.obsm["X_umap"]
     _umap_figure(embedding, out_dir / "umap.png")
-    mdata.write(out_dir / "pengster_demo.h5mu")
+    with md.set_options(pull_on_update=False):  # obs holds what it should; nothing to pull from the modalities
+        mdata.write(out_dir / "pengster_demo.h5mu")
     table.to_csv(out_dir / "metrics.csv")
     elapsed = time.perf_counter() - start
     print(

@@ -4,13 +4,15 @@ scvi-tools fields index every modality with the rows of ``mdata.obs``, so a mosa
 cells) cannot be registered as it is, and registering writes ``_scvi_*`` columns and ``uns`` keys into the object.
 Instead we build an aligned MuData: every modality has all cells in ``mdata.obs`` order (cells that did not measure
 it are empty sparse rows, flagged by ``has_<modality>``). A modality that already covers all cells in order is passed
-by reference, never copied. The user's object is never written to.
+by reference, never copied (an in-memory CSC matrix is converted to CSR once). The user's object is never written to.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
+import mudata
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -21,6 +23,14 @@ from pengster._constants import MEASURED_VARM_KEY
 
 BATCH_COLUMN = "_pengster_batch"
 PANEL_COLUMN = "_pengster_panel"
+
+
+SIZE_FACTOR_COLUMN = "_pengster_size_factor"
+
+
+def continuous_column(key: str) -> str:
+    """Obs column of the aligned MuData holding a continuous covariate."""
+    return f"_pengster_cont_{key}"
 
 
 def has_column(modality: str) -> str:
@@ -35,7 +45,8 @@ def covariate_column(key: str) -> str:
 
 def _aligned_matrix(matrix, positions: np.ndarray, n_obs: int):
     if len(positions) == n_obs and np.array_equal(positions, np.arange(n_obs)):
-        return matrix
+        # rows are read by cell; the training loader would convert CSC to CSR anyway, so do it once here
+        return matrix.tocsr() if sparse.issparse(matrix) and matrix.format == "csc" else matrix
     if hasattr(matrix, "to_memory"):  # a backed sparse dataset: only the aligned in-memory copy can be re-indexed
         matrix = matrix.to_memory()
     elif not sparse.issparse(matrix) and not isinstance(matrix, np.ndarray):  # a backed dense h5py dataset
@@ -77,7 +88,12 @@ def build_aligned(
             var=pd.DataFrame(index=adata.var_names.copy()),
         )
         obs[has_column(modality)] = np.isin(np.arange(mdata.n_obs), positions).astype(np.float32)
-    aligned = MuData(mods)
+    with warnings.catch_warnings():
+        # a protein named like a gene (CD4) is a duplicated var name across modalities; this internal view never uses
+        # the joint var, and the user's own MuData, which has the same names, already told them
+        warnings.filterwarnings("ignore", message="var_names are not unique", category=UserWarning)
+        with mudata.set_options(pull_on_update=False):  # the aligned modalities carry no obs columns to pull
+            aligned = MuData(mods)
     for column in obs.columns:
         aligned.obs[column] = obs[column].to_numpy()
     return aligned

@@ -19,6 +19,9 @@ from pengster._constants import MODALITIES, REGISTRY_KEYS
 
 from . import _align
 
+LAYER_ARGUMENTS = {"rna": "rna_layer", "atac": "atac_layer", "protein": "protein_layer"}
+"""Modality -> the ``setup_mudata`` argument naming its counts layer (and its key in ``modalities``)."""
+
 logger = logging.getLogger(__name__)
 
 _CHUNK_ROWS = 65_536
@@ -43,25 +46,20 @@ def check_modalities(mdata: MuData, modalities: Mapping[str, str]) -> dict[str, 
     """Validate ``modalities`` (modality -> mdata.mod key) and return it in pengster's modality order."""
     if not isinstance(modalities, Mapping) or len(modalities) == 0:
         raise ValueError(
-            "modalities must map at least one of 'rna', 'atac', 'protein' to a key of mdata.mod, "
-            f"e.g. modalities={{'rna': 'rna'}}; mdata.mod has {list(mdata.mod)}."
+            "modalities must map at least one of 'rna_layer', 'atac_layer', 'protein_layer' to a key of mdata.mod, "
+            f"e.g. modalities={{'rna_layer': 'rna'}}; mdata.mod has {list(mdata.mod)}."
         )
     for modality, mod_key in modalities.items():
-        if modality not in MODALITIES:
-            raise ValueError(
-                f"modalities has the unknown modality {modality!r}; use one of {list(MODALITIES)} "
-                f"(e.g. modalities={{'protein': {mod_key!r}}})."
-            )
         if mod_key not in mdata.mod:
             raise KeyError(
                 f"mdata.mod has no {mod_key!r} (asked for modality {modality!r}); mdata.mod has {list(mdata.mod)}; "
-                f"pass modalities={{{modality!r}: <one of those keys>}}."
+                f"pass modalities={{{LAYER_ARGUMENTS[modality]!r}: <one of those keys>}}."
             )
         adata = mdata.mod[mod_key]
         if adata.n_vars == 0:
             raise ValueError(
-                f"mdata.mod[{mod_key!r}] has zero features; drop modality {modality!r} from modalities "
-                "or give it its features."
+                f"mdata.mod[{mod_key!r}] has zero features; drop modality {modality!r} "
+                f"({LAYER_ARGUMENTS[modality]!r}) from modalities or give it its features."
             )
         if not adata.obs_names.is_unique:
             raise ValueError(
@@ -77,8 +75,9 @@ def check_modalities(mdata: MuData, modalities: Mapping[str, str]) -> dict[str, 
             )
     if len(set(modalities.values())) != len(modalities):
         raise ValueError(
-            f"modalities maps two modalities to the same mdata.mod key: {dict(modalities)}; give each modality its "
-            f"own key of mdata.mod, which has {list(mdata.mod)}."
+            f"modalities maps two modalities to the same mdata.mod key: "
+            f"{ {LAYER_ARGUMENTS[m]: k for m, k in modalities.items()} }; give each modality its own key of mdata.mod, "
+            f"which has {list(mdata.mod)}."
         )
     return {m: modalities[m] for m in MODALITIES if m in modalities}
 
@@ -86,22 +85,21 @@ def check_modalities(mdata: MuData, modalities: Mapping[str, str]) -> dict[str, 
 def check_layers(mdata: MuData, modalities: Mapping[str, str], layers: Mapping[str, str | None] | None) -> dict:
     """Validate ``layers`` (modality -> layer name or None for X) and return one entry per modality."""
     layers = dict(layers or {})
-    unknown = set(layers) - set(modalities)
-    if unknown:
-        raise ValueError(
-            f"layers names modalities {sorted(unknown)} that are not in modalities={dict(modalities)}; "
-            "use the same modality names in both."
-        )
     for modality, mod_key in modalities.items():
         layer = layers.setdefault(modality, None)
         adata = mdata.mod[mod_key]
+        argument = LAYER_ARGUMENTS[modality]
+        if layer is not None and not isinstance(layer, str):
+            raise TypeError(
+                f"{argument}={layer!r}: pass the name of a layer of mdata.mod[{mod_key!r}], or None for .X."
+            )
         if layer is not None and layer not in adata.layers:
             raise KeyError(
-                f"mdata.mod[{mod_key!r}].layers has no {layer!r}; layers are {list(adata.layers)}; "
-                f"pass layers={{{modality!r}: <one of those>}}, or None to use .X."
+                f"mdata.mod[{mod_key!r}].layers has no {layer!r} ({argument}={layer!r}); layers are "
+                f"{list(adata.layers)}; pass {argument}=<one of those>, or None to use .X."
             )
         if layer is None and adata.X is None:
-            raise KeyError(f"mdata.mod[{mod_key!r}].X is None; pass layers={{{modality!r}: <a counts layer>}}.")
+            raise KeyError(f"mdata.mod[{mod_key!r}].X is None; pass {argument}=<a counts layer>.")
     return layers
 
 
@@ -152,7 +150,7 @@ def check_counts(
     """
     where = _where(mod_key, layer)
     example = repr(next((name for name in layers if name != layer), "counts"))
-    fix = f"pass the raw counts layer, e.g. layers={{{modality!r}: {example}}}"
+    fix = f"pass the raw counts layer, e.g. {LAYER_ARGUMENTS[modality]}={example}"
     if layers:
         fix += f" (mdata.mod[{mod_key!r}].layers are {list(layers)})"
     dtype = getattr(matrix, "dtype", None)
@@ -207,7 +205,7 @@ def warn_empty(totals: Mapping[str, np.ndarray], *, mod_key: str, adata: AnnData
             f"{adata.obs_names[empty_cells[:3]].tolist()}); they are kept, and their latent comes from their other "
             f"modalities and the prior. Drop them (e.g. sc.pp.filter_cells) if they are empty droplets.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
     empty_features = np.flatnonzero(totals["feature_totals"] == 0)
     if len(empty_features):
@@ -216,25 +214,92 @@ def warn_empty(totals: Mapping[str, np.ndarray], *, mod_key: str, adata: AnnData
             f"{adata.var_names[empty_features[:3]].tolist()}); they are kept and learn to be zero. Drop them "
             "(e.g. sc.pp.filter_genes(min_cells=1)) to save time.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
 
 
-def check_obs_key(mdata: MuData, key: str, *, argument: str) -> pd.Series:
-    """Return ``mdata.obs[key]`` as strings, raising when absent or with missing values."""
-    if key not in mdata.obs.columns:
-        raise KeyError(
-            f"mdata.obs has no column {key!r} ({argument}={key!r}); columns are {list(mdata.obs.columns)[:20]}; "
-            f"pass {argument}=<one of those> or None. If the column lives in a modality, pull it with "
-            "mdata.pull_obs() or mdata.update()."
-        )
-    values = mdata.obs[key]
+def check_obs_key(mdata: MuData, key: str, *, argument: str, mod_key: str | None = None) -> pd.Series:
+    """Return ``mdata.obs[key]`` (or ``mdata.mod[mod_key].obs[key]``) as strings, one per cell of ``mdata``.
+
+    Raises when the column is absent, has missing values, or (from a modality) does not cover every cell.
+    """
+    values = obs_column(mdata, key, argument=argument, mod_key=mod_key)
+    where = "mdata.obs" if mod_key is None else f"mdata.mod[{mod_key!r}].obs"
     if values.isna().any():
         raise ValueError(
-            f"mdata.obs[{key!r}] has {int(values.isna().sum())} missing values; fill them (e.g. with 'unknown') "
+            f"{where}[{key!r}] has {int(values.isna().sum())} missing values; fill them (e.g. with 'unknown') "
             f"before passing {argument}={key!r}."
         )
     return values.astype(str)
+
+
+def obs_column(mdata: MuData, key: str, *, argument: str, mod_key: str | None = None) -> pd.Series:
+    """``mdata.obs[key]``, or ``mdata.mod[mod_key].obs[key]`` in ``mdata.obs_names`` order (it must cover all cells)."""
+    obs = mdata.obs if mod_key is None else mdata.mod[mod_key].obs
+    where = "mdata.obs" if mod_key is None else f"mdata.mod[{mod_key!r}].obs"
+    if key not in obs.columns:
+        hint = (
+            " If the column lives in a modality, pull it with mdata.pull_obs() or mdata.update()."
+            if mod_key is None
+            else f" Or read it from mdata.obs: leave {argument!r} out of modalities."
+        )
+        raise KeyError(
+            f"{where} has no column {key!r} ({argument}={key!r}); columns are {list(obs.columns)[:20]}; "
+            f"pass {argument}=<one of those> or None.{hint}"
+        )
+    if mod_key is None:
+        return obs[key]
+    positions = obs.index.get_indexer(mdata.obs_names)
+    if (positions < 0).any():
+        raise ValueError(
+            f"{where}[{key!r}] ({argument}, read from modality {mod_key!r} as modalities asks) has no value for the "
+            f"{int((positions < 0).sum())} of {mdata.n_obs} cells of mdata that did not measure {mod_key!r}; put the "
+            f"column in mdata.obs (e.g. mdata.pull_obs({key!r}, mods={mod_key!r}) and fill the gaps) and leave "
+            f"{argument!r} out of modalities."
+        )
+    return pd.Series(obs[key].to_numpy()[positions], index=mdata.obs_names, name=key)
+
+
+def check_continuous(mdata: MuData, keys: Sequence[str], *, argument: str, mod_key: str | None = None) -> dict:
+    """Column -> float32 values (one per cell of ``mdata``) of numeric, finite obs columns."""
+    columns = {}
+    for key in keys:
+        values = obs_column(mdata, key, argument=argument, mod_key=mod_key)
+        where = ("mdata.obs" if mod_key is None else f"mdata.mod[{mod_key!r}].obs") + f"[{key!r}]"
+        if not (pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)):
+            raise ValueError(
+                f"{where} ({argument}) has dtype {values.dtype}, not numbers; pass a numeric column, or give a "
+                "categorical one as categorical_covariate_keys."
+            )
+        array = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        if not np.isfinite(array).all():
+            raise ValueError(
+                f"{where} ({argument}) has {int((~np.isfinite(array)).sum())} missing or infinite values; fill them "
+                f"(e.g. with the column's median) before passing {argument}={key!r}."
+            )
+        columns[key] = array.astype(np.float32)
+    return columns
+
+
+def check_backed_mosaic(mdata: MuData, modalities: Mapping[str, str], layers: Mapping[str, str | None]) -> None:
+    """Raise when a backed modality does not hold every cell of ``mdata`` in order.
+
+    Such a modality would have to be loaded into memory to place its rows among all cells (the aligned view), which
+    is what reading it backed was meant to avoid; say so instead of doing it silently.
+    """
+    for modality, mod_key in modalities.items():
+        adata = mdata.mod[mod_key]
+        if not is_backed(count_matrix(mdata, mod_key, layers.get(modality))):
+            continue
+        if adata.n_obs == mdata.n_obs and adata.obs_names.equals(mdata.obs_names):
+            continue
+        filename = getattr(mdata, "filename", None) or getattr(adata, "filename", None) or "data.h5mu"
+        raise ValueError(
+            f"mdata is backed (read with backed=True from {str(filename)!r}) and is a mosaic: mdata.mod[{mod_key!r}] "
+            f"holds {adata.n_obs} of its {mdata.n_obs} cells, so pengster would have to load it into memory to place "
+            "its rows among all cells. Training from disk needs every modality to hold every cell, in mdata.obs "
+            f"order. Load the mosaic into memory instead: mdata = mudata.read_h5mu({str(filename)!r}) (without backed)."
+        )
 
 
 def check_every_cell_measured(mdata: MuData, modalities: Mapping[str, str]) -> None:
@@ -251,12 +316,24 @@ def check_every_cell_measured(mdata: MuData, modalities: Mapping[str, str]) -> N
         )
 
 
-def check_covariates(mdata: MuData, keys: Sequence[str] | None) -> list[str]:
-    """Validate categorical covariate keys."""
-    keys = list(keys or [])
-    for key in keys:
-        check_obs_key(mdata, key, argument="categorical_covariate_keys")
+def check_covariates(keys: Sequence[str] | str | None, *, argument: str) -> list[str]:
+    """Validate a list of covariate keys (a bare string is one key, as in scvi-tools)."""
+    keys = [keys] if isinstance(keys, str) else list(keys or [])
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{argument}={keys} names a column twice; name each column once.")
     return keys
+
+
+def check_size_factors(values: np.ndarray, measured: np.ndarray, *, key: str, where: str) -> np.ndarray:
+    """Size factors of the cells that measured RNA must be positive; the others are not used (set to 1)."""
+    bad = measured & ~(values > 0)
+    if bad.any():
+        raise ValueError(
+            f"{where}[{key!r}] (size_factor_key) has {int(bad.sum())} values that are not positive among the cells "
+            "that measured RNA; size factors are each cell's RNA library size on a linear scale (e.g. its total "
+            "counts): fix them or pass size_factor_key=None to use the observed totals."
+        )
+    return np.where(measured, values, 1.0).astype(np.float32)
 
 
 def check_features(mdata: MuData, mod_key: str, reference: pd.Index) -> None:
@@ -315,7 +392,8 @@ def check_registered_categories(obs: pd.DataFrame, manager, setup_args: Mapping)
         if known is not None:
             check_known_categories(obs[column], list(known), key=key, argument=argument)
     mappings = manager.get_state_registry(REGISTRY_KEYS.CAT_COVS).get("mappings", {})
-    for key in setup_args.get("categorical_covariate_keys") or []:
+    argument = "categorical_covariate_keys"
+    for key in check_covariates(setup_args.get(argument), argument=argument):
         column = _align.covariate_column(key)
         if column in mappings:
             check_known_categories(obs[column], list(mappings[column]), key=key, argument="categorical_covariate_keys")
@@ -356,6 +434,6 @@ def protein_panel_masks(
                 "of its likelihood, as totalVI does. Record the panels in "
                 f"mdata.mod[{mod_key!r}].varm['measured'] (pengster.data.mosaic does) to silence this.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
     return mask

@@ -7,10 +7,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
+import scvi
 import torch
 from mudata import MuData
 from scvi.model._utils import get_max_epochs_heuristic
-from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 from scvi.train import TrainRunner
 
 from pengster._constants import REGISTRY_KEYS
@@ -28,7 +29,7 @@ from . import _outputs, _query, _setup
 logger = logging.getLogger(__name__)
 
 
-class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
+class JointVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """Joint variational autoencoder for RNA, ATAC and surface protein, with an interdependent ELBO.
 
     Each measured modality has its own encoder ``q(z | x_m)``; a masked product of experts fuses those a cell has.
@@ -87,7 +88,9 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
 
     Examples
     --------
-    >>> pengster.model.JointVAE.setup_mudata(mdata, modalities={"rna": "rna", "protein": "prot"})
+    >>> pengster.model.JointVAE.setup_mudata(
+    ...     mdata, rna_layer="counts", protein_layer="counts", modalities={"rna_layer": "rna", "protein_layer": "prot"}
+    ... )
     >>> model = pengster.model.JointVAE(mdata)
     >>> model.train()
     >>> pengster.tl.write_results(model, mdata)
@@ -136,6 +139,7 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
             feature_masks={m: torch.as_tensor(mask) for m, mask in prepared.feature_masks.items()},
             n_batch=self.summary_stats.n_batch,
             n_cats_per_cov=list(cat_covs.get("n_cats_per_key", [])),
+            n_continuous_cov=self.summary_stats.get(f"n_{REGISTRY_KEYS.CONT_COVS}", 0),
             batch_has_modality=torch.as_tensor(prepared.batch_has_modality),
             n_latent=n_latent,
             n_hidden=n_hidden,
@@ -173,46 +177,73 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
     def setup_mudata(
         cls,
         mdata: MuData,
-        modalities: Mapping[str, str] | None = None,
-        layers: Mapping[str, str | None] | None = None,
+        rna_layer: str | None = None,
+        atac_layer: str | None = None,
+        protein_layer: str | None = None,
         batch_key: str | None = None,
+        size_factor_key: str | None = None,
         categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+        modalities: Mapping[str, str] | None = None,
         dataset_key: str | None = None,
         **kwargs,
     ) -> None:
-        """Register a MuData with up to three modalities; the MuData itself is not modified.
+        """Register a MuData with up to three modalities, as :meth:`scvi.model.MULTIVI.setup_mudata` does.
+
+        The MuData itself is not modified (the model registers an internal view of it).
 
         Parameters
         ----------
         mdata
             Cells x modalities; a modality may hold a subset of the cells (a mosaic), see
-            :func:`pengster.data.mosaic`.
-        modalities
-            Modality (``rna``, ``atac``, ``protein``) -> key of ``mdata.mod``. Default: found among the usual
-            keys (``rna``/``gex``, ``atac``/``peaks``, ``prot``/``protein``/``adt``).
-        layers
-            Modality -> layer holding raw counts; a missing entry or None means ``.X``.
+            :func:`pengster.data.mosaic`. Backed (``mudata.read_h5mu(path, backed=True)``) only when every modality
+            holds every cell.
+        rna_layer, atac_layer, protein_layer
+            Layer of the modality holding raw counts; None uses its ``.X``.
         batch_key
             Column of ``mdata.obs`` with the batch of each cell.
+        size_factor_key
+            Column of ``mdata.obs`` with each cell's RNA library size (linear scale), used instead of its total
+            counts in the RNA likelihood.
         categorical_covariate_keys
             Columns of ``mdata.obs`` with further categorical covariates (given to the decoders).
+        continuous_covariate_keys
+            Columns of ``mdata.obs`` with continuous covariates (e.g. percent mitochondrial counts), concatenated to
+            the decoders' input.
+        modalities
+            ``setup_mudata`` argument name -> key of ``mdata.mod``, as in scvi-tools: the modalities of the model are
+            the ``*_layer`` arguments it maps (e.g. ``{"rna_layer": "rna", "protein_layer": "prot"}``), and an obs
+            argument it maps (e.g. ``"batch_key": "rna"``) is read from that modality's ``obs`` instead of
+            ``mdata.obs``. None: the modalities found among the usual keys (``rna``/``gex``, ``atac``/``peaks``,
+            ``prot``/``protein``/``adt``).
         dataset_key
             Column of ``mdata.obs`` naming each cell's dataset: minibatches hold cells of every dataset, and
             feature panels (``mdata.mod[key].varm['measured']``) are read per dataset. Default: ``'dataset'``
             when that column exists.
         **kwargs
             Passed to :meth:`scvi.data.AnnDataManager.register_fields` (e.g. ``source_registry``).
+
+        Examples
+        --------
+        >>> pengster.model.JointVAE.setup_mudata(
+        ...     mdata,
+        ...     rna_layer="counts",
+        ...     protein_layer="counts",
+        ...     batch_key="batch",
+        ...     modalities={"rna_layer": "rna", "protein_layer": "prot"},
+        ... )
         """
+        if "layers" in kwargs:
+            layers = kwargs.pop("layers")
+            if "source_registry" not in kwargs:
+                raise TypeError(_setup.old_form_message(modalities, layers))
+            # JointVAE.load of a model saved by pengster 0.1, whose saved setup arguments are in the 0.1 form
+            saved = {"modalities": modalities, "layers": layers, "batch_key": batch_key, "dataset_key": dataset_key}
+            saved["categorical_covariate_keys"] = categorical_covariate_keys
+            return cls.setup_mudata(mdata, **_setup.saved_setup_args(saved), **kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
-        prepared = _setup.prepare(
-            mdata,
-            modalities=modalities,
-            layers=layers,
-            batch_key=batch_key,
-            categorical_covariate_keys=categorical_covariate_keys,
-            dataset_key=_setup.resolve_dataset_key(mdata, dataset_key),
-        )
-        manager = _setup.register(prepared, categorical_covariate_keys, setup_method_args, **kwargs)
+        prepared = _setup.prepare_from_args(mdata, setup_method_args["setup_args"])
+        manager = _setup.register(prepared, setup_method_args, **kwargs)
         cls.register_manager(manager)
         cls._store.put(mdata, prepared)
 
@@ -220,23 +251,17 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         """Map a user's MuData to its registered aligned view (set up with the saved arguments on first use)."""
         if adata is None or adata is self.mdata or adata is self.adata:
             return super()._validate_anndata(self.adata, copy_if_view=copy_if_view)
+        args = _setup.saved_setup_args(self.adata_manager._registry["setup_args"])
         prepared = self._store.get(adata)
         if prepared is None:
-            args = self.adata_manager._registry["setup_args"]
             reference = {key: self.adata.mod[key].var_names for key in self.modalities.values()}
-            prepared = _setup.prepare(
-                adata,
-                modalities=args["modalities"] or self.modalities,
-                layers=args["layers"],
-                batch_key=args["batch_key"],
-                categorical_covariate_keys=args["categorical_covariate_keys"],
-                dataset_key=_setup.resolve_dataset_key(adata, args["dataset_key"]),
-                reference_var_names=reference,
-            )
+            prepared = _setup.prepare_from_args(adata, args, modalities=self.modalities, reference_var_names=reference)
             self._store.put(adata, prepared)
-        args = self.adata_manager._registry["setup_args"]
         resolved = {**args, "dataset_key": _setup.resolve_dataset_key(adata, args["dataset_key"])}
         _checks.check_registered_categories(prepared.aligned.obs, self.adata_manager, resolved)
+        if self.get_anndata_manager(prepared.aligned) is None:
+            # the aligned view is ours and is always registered this way; scvi-tools would log that it does it
+            self._register_manager_for_instance(self.adata_manager.transfer_fields(prepared.aligned))
         return super()._validate_anndata(prepared.aligned, copy_if_view=False)
 
     def _aligned(self, mdata: MuData | None) -> MuData:
@@ -331,6 +356,9 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         # scvi-tools' Trainer sets torch.backends.cudnn.benchmark (a process-wide switch) to True: keep the user's
         kwargs.setdefault("benchmark", torch.backends.cudnn.benchmark)
         kwargs["callbacks"] = training_callbacks(self, checkpoint_dir, kwargs.get("callbacks"))
+        # Lightning warns when an epoch has fewer minibatches than its logging interval (10); small data has fewer
+        n_train = int(self.adata.n_obs * (kwargs.get("train_size") or 0.9))
+        kwargs.setdefault("log_every_n_steps", max(1, min(10, n_train // (batch_size or scvi.settings.batch_size))))
         with training_guard(checkpoint_dir):
             return super().train(
                 max_epochs=max_epochs,

@@ -32,7 +32,7 @@ def _check_modality(self, modality: str, *, argument: str) -> None:
     if modality not in self.modalities:
         raise ValueError(
             f"{argument}={modality!r}, but this JointVAE was trained on {list(self.modalities)}; "
-            f"pass one of those (set up the data with modalities={{{modality!r}: ...}} to model it)."
+            f"pass one of those (set up the data with modalities={{'{modality}_layer': ...}} to model it)."
         )
 
 
@@ -88,7 +88,13 @@ def _decode_scaled(self, target, z, tensors, *, denoised: bool, cell_factor=None
     mask = module.feature_mask(target, panel)
     if cell_factor is None and target == "atac":
         cell_factor = module.atac_cell_factor_mean.expand(z.shape[1], 1)
-    decode = module.denoised_values if denoised else module.predicted_values
+    cont_covs = tensors.get(REGISTRY_KEYS.CONT_COVS)
+    cont_covs = None if cont_covs is None else cont_covs.to(self.device)
+    scaled = module.denoised_values if denoised else module.predicted_values
+
+    def decode(*args):
+        return scaled(*args, cont_covs=cont_covs)
+
     column = list(self.modalities).index(target)
     seen = module.batch_has_modality[:, column]
     own_ok = seen[batch_index.view(-1)] > 0

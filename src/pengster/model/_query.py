@@ -44,6 +44,10 @@ def reference_module(summary: ReferenceSummary) -> JointVAEModule:
         feature_masks={m: state[f"feature_mask_{m}"] for m in summary.modalities},
         n_batch=len(summary.categories(REGISTRY_KEYS.BATCH)),
         n_cats_per_cov=list(covariates.get("n_cats_per_key", [])),
+        n_continuous_cov=summary.registry["field_registries"]
+        .get(REGISTRY_KEYS.CONT_COVS, {})
+        .get("summary_stats", {})
+        .get(f"n_{REGISTRY_KEYS.CONT_COVS}", 0),
         batch_has_modality=state["batch_has_modality"],
         **summary.init_params,
     )
@@ -185,24 +189,14 @@ def load_query_data(
     """Build the query model; see :meth:`pengster.model.JointVAE.load_query_data`."""
     summary = describe_reference(reference_model, cls)
     query = adata if is_prepared(adata, summary) else prepare_query(adata, summary)
-    args = summary.setup_args
-    prepared = _setup.prepare(
+    prepared = _setup.prepare_from_args(
         query,
+        _setup.saved_setup_args(summary.setup_args),
         modalities=summary.modalities,
-        layers=args["layers"],
-        batch_key=args["batch_key"],
-        categorical_covariate_keys=args["categorical_covariate_keys"],
-        dataset_key=_setup.resolve_dataset_key(query, args["dataset_key"]),
         reference_var_names=summary.var_names,
     )
     setup_method_args = {k: summary.registry[k] for k in ("model_name", "setup_method_name", "setup_args")}
-    manager = _setup.register(
-        prepared,
-        args["categorical_covariate_keys"],
-        setup_method_args,
-        source_registry=summary.registry,
-        extend_categories=True,
-    )
+    manager = _setup.register(prepared, setup_method_args, source_registry=summary.registry, extend_categories=True)
     cls.register_manager(manager)
     cls._store.put(query, extend_prepared(prepared, summary, manager._registry))
     model = cls(query, **summary.init_params)

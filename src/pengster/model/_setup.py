@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
 
 from mudata import MuData
 from scvi.data import AnnDataManager
@@ -11,18 +10,40 @@ from scvi.data.fields import (
     MuDataCategoricalJointObsField,
     MuDataCategoricalObsField,
     MuDataLayerField,
+    MuDataNumericalJointObsField,
     MuDataNumericalObsField,
 )
 
 from pengster._constants import REGISTRY_KEYS
 from pengster.data import _align
-from pengster.data._prepare import Prepared, default_modalities, prepare, resolve_dataset_key
+from pengster.data._prepare import (
+    Prepared,
+    default_modalities,
+    old_form_message,
+    prepare,
+    prepare_from_args,
+    resolve,
+    resolve_dataset_key,
+    saved_setup_args,
+)
 
-__all__ = ["AlignedStore", "Prepared", "default_modalities", "prepare", "register", "resolve_dataset_key"]
+__all__ = [
+    "AlignedStore",
+    "Prepared",
+    "default_modalities",
+    "old_form_message",
+    "prepare",
+    "prepare_from_args",
+    "register",
+    "resolve",
+    "resolve_dataset_key",
+    "saved_setup_args",
+]
 
 
-def register(prepared: Prepared, categorical_covariate_keys: Sequence[str] | None, setup_method_args: dict, **kwargs):
+def register(prepared: Prepared, setup_method_args: dict, **kwargs):
     """Register the aligned MuData with scvi-tools fields; returns the :class:`~scvi.data.AnnDataManager`."""
+    obs = prepared.aligned.obs
     fields = [
         MuDataLayerField(REGISTRY_KEYS.counts(modality), None, mod_key=mod_key, is_count_data=True, mod_required=True)
         for modality, mod_key in prepared.modalities.items()
@@ -31,13 +52,24 @@ def register(prepared: Prepared, categorical_covariate_keys: Sequence[str] | Non
         MuDataCategoricalObsField(REGISTRY_KEYS.BATCH, _align.BATCH_COLUMN),
         MuDataCategoricalObsField(REGISTRY_KEYS.PANEL, _align.PANEL_COLUMN),
         MuDataCategoricalJointObsField(
-            REGISTRY_KEYS.CAT_COVS, [_align.covariate_column(k) for k in categorical_covariate_keys or []]
+            REGISTRY_KEYS.CAT_COVS, [c for c in obs.columns if c.startswith(_align.covariate_column(""))]
+        ),
+        MuDataNumericalJointObsField(
+            REGISTRY_KEYS.CONT_COVS, [c for c in obs.columns if c.startswith(_align.continuous_column(""))]
+        ),
+        MuDataNumericalObsField(
+            REGISTRY_KEYS.SIZE_FACTOR,
+            _align.SIZE_FACTOR_COLUMN if _align.SIZE_FACTOR_COLUMN in obs.columns else None,
+            required=False,
         ),
     ]
     fields += [
         MuDataNumericalObsField(REGISTRY_KEYS.has(modality), _align.has_column(modality))
         for modality in prepared.modalities
     ]
+    source = kwargs.get("source_registry")
+    if source is not None:  # a registry saved before a field existed (pengster 0.1: no covariates, size factors)
+        fields = [field for field in fields if field.registry_key in source["field_registries"]]
     manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
     manager.register_fields(prepared.aligned, **kwargs)
     return manager

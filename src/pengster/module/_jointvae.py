@@ -59,6 +59,8 @@ class JointVAEModule(BaseModuleClass):
         Number of batch categories.
     n_cats_per_cov
         Categories of each extra categorical covariate.
+    n_continuous_cov
+        Number of continuous covariates, concatenated to the decoders' input (as in MULTIVI).
     batch_has_modality
         Float tensor ``(n_batch, n_modalities)``: 1 where the batch has training cells measuring the modality.
     n_latent, n_hidden, n_layers, dropout_rate
@@ -97,6 +99,7 @@ class JointVAEModule(BaseModuleClass):
         *,
         n_batch: int = 1,
         n_cats_per_cov: Sequence[int] = (),
+        n_continuous_cov: int = 0,
         batch_has_modality: torch.Tensor | None = None,
         n_latent: int = 20,
         n_hidden: int = 256,
@@ -139,6 +142,8 @@ class JointVAEModule(BaseModuleClass):
         self.freeze_running_stats = False
 
         decoder_cats = [n_batch, *n_cats_per_cov]
+        self.n_continuous_cov = n_continuous_cov
+        n_decoder_input = n_latent + n_continuous_cov
         encoder_cats = [n_panels] + (decoder_cats if encode_covariates else [])
         self.encoders = nn.ModuleDict(
             {
@@ -171,11 +176,11 @@ class JointVAEModule(BaseModuleClass):
         decoders = {}
         if "rna" in n_features:
             decoders["rna"] = RNADecoder(
-                n_latent, n_features["rna"], decoder_cats, n_hidden=n_hidden, likelihood=rna_likelihood
+                n_decoder_input, n_features["rna"], decoder_cats, n_hidden=n_hidden, likelihood=rna_likelihood
             )
         if "atac" in n_features:
             decoders["atac"] = ATACDecoder(
-                n_latent, n_features["atac"], decoder_cats, n_hidden=n_hidden, likelihood=atac_likelihood
+                n_decoder_input, n_features["atac"], decoder_cats, n_hidden=n_hidden, likelihood=atac_likelihood
             )
             self.cell_factor_encoder = CellFactorEncoder(n_features["atac"], encoder_cats)
         others = tuple(m for m in self.modalities if m != "atac")
@@ -184,7 +189,7 @@ class JointVAEModule(BaseModuleClass):
             self.cell_factor_predictor = CellFactorPredictor(len(self.depth_sources))
         if "protein" in n_features:
             decoders["protein"] = ProteinDecoder(
-                n_latent,
+                n_decoder_input,
                 n_features["protein"],
                 n_batch,
                 decoder_cats,
@@ -228,6 +233,8 @@ class JointVAEModule(BaseModuleClass):
             "library": inference_outputs[MODULE_KEYS.LIBRARY],
             "cell_factor": inference_outputs[MODULE_KEYS.CELL_FACTOR],
             "pairs": self.reconstruction_pairs(inference_outputs[MODULE_KEYS.HAS]),
+            "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS),
+            "size_factor": tensors.get(REGISTRY_KEYS.SIZE_FACTOR),
         }
 
     def reconstruction_pairs(
@@ -343,12 +350,17 @@ class JointVAEModule(BaseModuleClass):
 
     # ----------------------------------------------------------------------------------------- generative
     @auto_move_data
-    def generative(self, z, batch_index, cat_covs, panel, library, cell_factor, pairs) -> dict:
+    def generative(
+        self, z, batch_index, cat_covs, panel, library, cell_factor, pairs, cont_covs=None, size_factor=None
+    ) -> dict:
         """Decode ``z`` of shape ``(n_posteriors, n_cells, n_latent)`` at each modality's (posterior, cell) pairs.
 
         See :meth:`reconstruction_pairs`; returns modality -> ``(distribution, parts)`` over the pairs.
+        ``size_factor`` ``(n_cells, 1)``, when given, is the RNA library size in place of the observed totals.
         """
         categoricals = self._categoricals(batch_index, cat_covs)
+        if size_factor is not None and "rna" in library:
+            library = {**library, "rna": size_factor.float().view(-1, 1)}
         outputs = {}
         for modality, (posterior, cell, _) in pairs.items():
             if cell.numel() == 0:
@@ -361,11 +373,27 @@ class JointVAEModule(BaseModuleClass):
                 self.feature_mask(modality, panel[cell]),
                 library[modality][cell],
                 cell_factor[cell] if cell_factor is not None else None,
+                cont_covs=None if cont_covs is None else cont_covs[cell],
             )
         return {MODULE_KEYS.PX: outputs, MODULE_KEYS.PAIRS: pairs}
 
-    def decode(self, modality, z, categoricals, feature_mask, library=None, cell_factor=None):
+    # ----------------------------------------------------------------------------------------- continuous covariates
+    def decoder_input(self, z: torch.Tensor, cont_covs: torch.Tensor | None) -> torch.Tensor:
+        """``z`` with the continuous covariates ``(n_cells, n_continuous_cov)`` appended (MULTIVI's decoder input)."""
+        if self.n_continuous_cov == 0:
+            return z
+        if cont_covs is None:
+            raise ValueError(
+                f"this module decodes with {self.n_continuous_cov} continuous covariates (continuous_covariate_keys); "
+                "pass their values as cont_covs."
+            )
+        # one row per cell; z may hold several posterior samples of each cell in front
+        cont_covs = cont_covs.to(z.dtype).expand(*z.shape[:-1], cont_covs.shape[-1])
+        return torch.cat([z, cont_covs], dim=-1)
+
+    def decode(self, modality, z, categoricals, feature_mask, library=None, cell_factor=None, *, cont_covs=None):
         """Decode one modality; return ``(distribution, parts)``."""
+        z = self.decoder_input(z, cont_covs)
         if modality == "rna":
             return self.decoders["rna"](z, library if library is not None else 1.0, feature_mask, *categoricals)
         if modality == "atac":
@@ -373,20 +401,24 @@ class JointVAEModule(BaseModuleClass):
             return self.decoders["atac"](z, cell_factor, lib, feature_mask, *categoricals)
         return self.decoders["protein"](z, categoricals[0], *categoricals)
 
-    def predicted_values(self, modality, z, categoricals, feature_mask, cell_factor=None) -> torch.Tensor:
+    def predicted_values(
+        self, modality, z, categoricals, feature_mask, cell_factor=None, *, cont_covs=None
+    ) -> torch.Tensor:
         """The decoded mean of ``modality`` in its reporting scale (log1p per 10k, probability, CLR)."""
-        px, parts = self.decode(modality, z, categoricals, feature_mask, None, cell_factor)
+        px, parts = self.decode(modality, z, categoricals, feature_mask, None, cell_factor, cont_covs=cont_covs)
         if modality == "rna":
             return torch.log1p(parts * RNA_TARGET_SUM)
         if modality == "atac":
             return parts
         return clr(px.mean, feature_mask)
 
-    def denoised_values(self, modality, z, categoricals, feature_mask, cell_factor=None) -> torch.Tensor:
+    def denoised_values(
+        self, modality, z, categoricals, feature_mask, cell_factor=None, *, cont_covs=None
+    ) -> torch.Tensor:
         """Like :meth:`predicted_values`, but protein without its background (foreground only)."""
         if modality != "protein":
-            return self.predicted_values(modality, z, categoricals, feature_mask, cell_factor)
-        _, parts = self.decode(modality, z, categoricals, feature_mask)
+            return self.predicted_values(modality, z, categoricals, feature_mask, cell_factor, cont_covs=cont_covs)
+        _, parts = self.decode(modality, z, categoricals, feature_mask, cont_covs=cont_covs)
         foreground = (1.0 - parts["mixing"]) * parts["foreground"]
         return clr(foreground, feature_mask)
 
