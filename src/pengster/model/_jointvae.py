@@ -17,14 +17,15 @@ from pengster._constants import REGISTRY_KEYS
 from pengster.module import JointVAEModule
 from pengster.module._bridge import needs_bridge
 
-from . import _callbacks, _checks, _outputs, _query, _save, _setup, _speed
+from . import _callbacks, _checks, _query, _save, _setup, _speed
+from ._outputs import JointVAEOutputsMixin
 from ._plan import JointTrainingPlan
 from ._sampler import MosaicDataSplitter
 
 logger = logging.getLogger(__name__)
 
 
-class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
+class JointVAE(JointVAEOutputsMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """Joint variational autoencoder for RNA, ATAC and surface protein, with an interdependent ELBO.
 
     Each measured modality has its own encoder ``q(z | x_m)``; a masked product of experts fuses those a cell has.
@@ -433,11 +434,3 @@ class JointVAE(UnsupervisedTrainingMixin, BaseModelClass):
         """
         _save.check_saved(dir_path, model_class=cls.__name__, mdata=mdata)
         return super().load(dir_path, adata=mdata, **kwargs)
-
-    # ------------------------------------------------------------------------------------------------ getters
-    _minibatches = _outputs._minibatches
-    _check_modality = _outputs._check_modality
-    get_latent_representation = _outputs.get_latent_representation
-    _decode_scaled = _outputs._decode_scaled
-    predict = _outputs.predict
-    get_normalized_expression = _outputs.get_normalized_expression
