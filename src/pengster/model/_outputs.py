@@ -155,7 +155,8 @@ class JointVAEOutputsMixin:
             counts = tensors[REGISTRY_KEYS.counts(modality)][has].float()
             totals.append((counts * self.module.feature_mask(modality, panel[has].to(self.device)).cpu()).sum(-1))
         totals = torch.cat(totals)
-        return float(totals.median()) if totals.numel() else RNA_TARGET_SUM
+        # at least 1 count, as the module's library sizes (a panel of empty cells has median 0)
+        return max(1.0, float(totals.median())) if totals.numel() else RNA_TARGET_SUM
 
     @torch.inference_mode()
     def predict(

@@ -24,16 +24,17 @@ def default_targets(model) -> list[str]:
     return [m for m in model.modalities if not (m == "atac" and wide_atac)]
 
 
-def _planned_keys(model, mdata: MuData, key_added: str, targets: Sequence[str]) -> dict[str, list[str]]:
+def _planned_keys(model, mdata: MuData, key_added: str, targets: Sequence[str], features) -> dict[str, list[str]]:
     obsm = [f"X_{key_added}"] + [f"X_{key_added}_{modality}" for modality in model.modalities]
     if len(model.modalities) > 1:
         for modality in targets:
             obsm += [f"{key_added}_pred_{modality}", f"{key_added}_pred_{modality}_std"]
-    # a query mapped onto a reference may lack a modality: nothing measured, nothing denoised
+    # a query mapped onto a reference may lack a modality: nothing measured, nothing denoised; a layer holds every
+    # feature, so a modality whose features were chosen gets none
     layers = [
         f"{model.modalities[modality]}/{key_added}_denoised"
         for modality in targets
-        if model.modalities[modality] in mdata.mod
+        if model.modalities[modality] in mdata.mod and modality not in features
     ]
     return {"obsm": obsm, "layers": layers, "uns": [key_added]}
 
@@ -88,8 +89,9 @@ def write_results(
 
     - ``mdata.obsm['X_<key>']``: joint latent mean, all cells.
     - ``mdata.obsm['X_<key>_<modality>']``: latent from that modality alone; NaN rows where it was not measured.
-    - ``mdata[mod].layers['<key>_denoised']``: denoised values of the cells of that modality, for each modality of
-      ``targets`` that ``mdata`` holds (a query mapped onto a reference may lack some).
+    - ``mdata[mod].layers['<key>_denoised']``: denoised values of the cells of that modality, all its features, for
+      each modality of ``targets`` that ``mdata`` holds (a query mapped onto a reference may lack some) and that
+      ``features`` does not restrict.
     - ``mdata.obsm['<key>_pred_<modality>']``: DataFrame, all cells x the chosen features of each modality of
       ``targets``, predicted from the other modalities only (NaN rows for cells that have no other modality);
       written only when the model has two modalities or more.
@@ -112,7 +114,8 @@ def write_results(
         :data:`MAX_DEFAULT_PEAKS` peaks (100k cells x 100k peaks would be 40 GB of float32 for the prediction and
         as much for its std); pass ``targets=["rna", "atac", ...]`` to include it.
     features
-        Modality -> feature names to predict (default: all). The denoised layer always holds all features.
+        Modality -> feature names to predict (default: all). A layer holds every feature of its modality, so a
+        modality named here gets no denoised layer (call ``model.get_normalized_expression(gene_list=...)``).
     key_added
         Prefix of every key.
     n_samples
@@ -141,7 +144,7 @@ def write_results(
     unknown = sorted(set(features) - set(targets))
     if unknown:
         raise ValueError(f"features names {unknown}, which are not in targets={targets}; add them to targets.")
-    keys = _planned_keys(model, mdata, key_added, targets)
+    keys = _planned_keys(model, mdata, key_added, targets, features)
     _check_clashes(mdata, keys, key_added, overwrite)
 
     aligned = model._aligned(mdata)
@@ -172,10 +175,9 @@ def write_results(
         predictions[f"{key_added}_pred_{modality}"] = pd.DataFrame(mean, index=mdata.obs_names, columns=columns)
         predictions[f"{key_added}_pred_{modality}_std"] = pd.DataFrame(std, index=mdata.obs_names, columns=columns)
     denoised = {}
-    for modality in targets:
-        mod_key = model.modalities[modality]
-        if mod_key not in mdata.mod:
-            continue
+    for entry in keys["layers"]:
+        mod_key = entry.split("/")[0]
+        modality = next(m for m, key in model.modalities.items() if key == mod_key)
         cells = aligned.obs_names.get_indexer(mdata.mod[mod_key].obs_names)
         values = np.empty((len(cells), mdata.mod[mod_key].n_vars), dtype=dtype)
         model.get_normalized_expression(mdata, cells, modality=modality, batch_size=batch_size, out=values)
