@@ -155,3 +155,19 @@ def test_layer_errors_name_the_layer_and_the_fix(model):
     # the cells that measured protein (CITE-seq) have no ATAC: no line can be fitted from ATAC
     with pytest.raises(ValueError, match=r"none of the 70 training cells that measured 'protein' has any of the"):
         model.predict(target="protein", source="atac", layer="clr")
+
+
+def test_reference_reads_only_its_chosen_cells(model, monkeypatch):
+    from pengster.model import _neighbors
+
+    monkeypatch.setattr(_neighbors, "MAX_REFERENCE_CELLS", 20)
+    reference = _neighbors.Reference(model, "protein", 5)
+    measured = model.mdata.obs_names.isin(model.mdata["prot"].obs_names)
+    assert reference.size == 20 and reference.values.shape[0] == 20 and reference.latent.shape[0] == 20
+    assert measured[reference.rows].all() and (np.diff(reference.rows) > 0).all()
+    np.testing.assert_allclose(
+        reference.latent.cpu().numpy(), model.get_latent_representation(indices=reference.rows), rtol=1e-5, atol=1e-6
+    )
+    counts = model.mdata["prot"][reference.names].X
+    counts = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
+    np.testing.assert_allclose(reference.values.toarray(), _clr(counts.astype(np.float64)), rtol=1e-4, atol=1e-5)

@@ -13,6 +13,8 @@ from scipy import sparse
 from pengster._constants import REGISTRY_KEYS
 from pengster.module._inputs import observed_values
 
+from ._align import has_column
+
 MAX_REFERENCE_CELLS = 50_000
 """More training cells than this measured the target: a random subset of this many (seed 0) is the reference."""
 SEARCH_CHUNK = 4096
@@ -45,42 +47,36 @@ class Reference:
         self, model, target: str, n_neighbors: int | None, *, batch_size: int | None = None, layer: str | None = None
     ):
         module = model.module
-        latents, values, panels, positions = [], [], [], []
-        start = 0
-        with _caller_random_state(model):
-            for tensors in model._minibatches(None, None, batch_size):
-                n_cells = tensors[REGISTRY_KEYS.PANEL].shape[0]
-                inputs = module._get_inference_input(tensors)
-                has = {m: h.to(model.device) for m, h in inputs["has"].items()}
-                rows = (has[target] > 0).nonzero().view(-1)
-                if rows.numel() > 0:
-                    if n_neighbors:  # the latent is only searched for neighbours
-                        experts = module.experts(**inputs)
-                        latents.append(module.fuse(experts, has).loc[rows].cpu().numpy())
-                    panel = inputs["panel"].to(model.device).long().view(-1)[rows]
-                    counts = tensors[REGISTRY_KEYS.counts(target)].to(model.device)[rows].float()
-                    observed = observed_values(target, counts, module.feature_mask(target, panel))
-                    values.append(sparse.csr_matrix(observed.cpu().numpy()))
-                    panels.append(panel.cpu().numpy())
-                    positions.append(start + rows.cpu().numpy())
-                start += n_cells
+        # the cells are chosen first, so only they are read: memory stays bounded by MAX_REFERENCE_CELLS
+        measured = np.flatnonzero(model.adata.obs[has_column(target)].to_numpy() > 0)
+        if len(measured) > MAX_REFERENCE_CELLS:
+            keep = np.random.default_rng(0).choice(len(measured), MAX_REFERENCE_CELLS, replace=False)
+            measured = measured[np.sort(keep)]
         self.n_neighbors = n_neighbors
-        self.size = sum(len(p) for p in panels)
+        self.size = len(measured)
         if self.size == 0:
             return
-        keep = np.arange(self.size)
-        if self.size > MAX_REFERENCE_CELLS:
-            keep = np.sort(np.random.default_rng(0).choice(self.size, MAX_REFERENCE_CELLS, replace=False))
-            self.size = MAX_REFERENCE_CELLS
+        latents, values, panels = [], [], []
+        with _caller_random_state(model):
+            for tensors in model._minibatches(None, measured, batch_size):
+                inputs = module._get_inference_input(tensors)
+                has = {m: h.to(model.device) for m, h in inputs["has"].items()}
+                if n_neighbors:  # the latent is only searched for neighbours
+                    latents.append(module.fuse(module.experts(**inputs), has).loc.cpu().numpy())
+                panel = inputs["panel"].to(model.device).long().view(-1)
+                counts = tensors[REGISTRY_KEYS.counts(target)].to(model.device).float()
+                observed = observed_values(target, counts, module.feature_mask(target, panel))
+                values.append(sparse.csr_matrix(observed.cpu().numpy()))
+                panels.append(panel.cpu().numpy())
         if n_neighbors:
-            self.latent = torch.as_tensor(np.concatenate(latents)[keep], device=model.device)
-        self.rows = np.concatenate(positions)[keep]
+            self.latent = torch.as_tensor(np.concatenate(latents), device=model.device)
+        self.rows = measured
         self.names = np.asarray(model.adata.obs_names[self.rows])
         table = getattr(module, f"feature_mask_{target}").cpu().numpy()
         # panel one-hot @ mask table = each reference cell's measured features, without a cells x features matrix
-        panel = np.concatenate(panels)[keep]
+        panel = np.concatenate(panels)
         values = (
-            sparse.vstack(values).tocsr()[keep]
+            sparse.vstack(values).tocsr()
             if layer is None
             else layer_values(model, target, layer, self.names, panel.astype(np.int64), table > 0)
         )
