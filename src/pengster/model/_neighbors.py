@@ -57,7 +57,7 @@ class Reference:
         if self.size == 0:
             return
         latents, values, panels = [], [], []
-        with _caller_random_state(model):
+        with _caller_random_state(model), torch.inference_mode():
             for tensors in model._minibatches(None, measured, batch_size):
                 inputs = module._get_inference_input(tensors)
                 has = {m: h.to(model.device) for m, h in inputs["has"].items()}
