@@ -279,13 +279,15 @@ class JointVAEOutputsMixin:
             if target == "atac":
                 options["cell_factor"] = self.module.source_cell_factor(inputs["x"], has, inputs["panel"], sources)
             mean, variance = self._decode(target, qz.loc, tensors, variance=measurement_part, **options)
-            latent = torch.zeros_like(mean)
-            if return_std and target != "atac":
-                for _ in range(n_samples):
-                    drawn, _ = self._decode(target, qz.sample(), tensors, **options)
-                    latent += (drawn - mean) ** 2 / n_samples
+            latent = None  # the latent part of the variance (ATAC's p (1 - p) holds it already)
+            if return_std and target != "atac" and n_samples > 0:
+                latent = sum(
+                    (self._decode(target, qz.sample(), tensors, **options)[0] - mean) ** 2 for _ in range(n_samples)
+                )
+                latent = latent / n_samples
             if slope is not None:
-                mean, latent = intercept + slope * mean, slope**2 * latent
+                mean = intercept + slope * mean
+                latent = None if latent is None else slope**2 * latent
                 variance = None if variance is None else slope**2 * variance
             stop = start + qz.loc.shape[0]
             if reference is not None and reference.n_neighbors:
@@ -295,7 +297,8 @@ class JointVAEOutputsMixin:
             available = (sum(has[m] for m in sources) > 0).unsqueeze(-1)
             mean_out[start:stop] = torch.where(available, mean, torch.nan).cpu().numpy()
             if return_std:
-                std = (latent + (0.0 if variance is None else variance)).sqrt()
+                parts = [v for v in (latent, variance) if v is not None]
+                std = sum(parts).sqrt() if parts else torch.zeros_like(mean)
                 std_out[start:stop] = torch.where(available, std, torch.nan).cpu().numpy()
             start = stop
         if out is not None:
