@@ -202,6 +202,8 @@ def readout_multivi(spec: dict) -> dict:
 def make_100k(spec: dict) -> dict:
     import pengster
 
+    if Path(spec["h5mu"]).exists():  # made by an earlier run in the same --work folder
+        return {"seconds": 0.0, "reused": True}
     mdata = pengster.data.synthetic_mosaic(
         n_cells={"multiome": N_100K},
         n_genes=GENES_100K,
@@ -298,7 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--only", help="comma-separated datasets: snareseq2, synthetic_100k")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per measurement")
+    parser.add_argument("--what", help="measurements to (re)run, e.g. train_multivi:epoch,predict_atac")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="wall seconds per measurement")
     parser.add_argument("--work", help="folder for the synthetic h5mu and the models (default: a temporary one)")
     args = parser.parse_args(argv)
     if args.child:
@@ -307,11 +310,13 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="pengster_readout_"))
     work.mkdir(parents=True, exist_ok=True)
     datasets = set(args.only.split(",")) if args.only else {"snareseq2", "synthetic_100k"}
+    specs = plan(work, datasets)
+    if args.what:
+        wanted = set(args.what.split(","))
+        specs = [s for s in specs if s["kind"] == "data" or {s["what"], f"{s['kind']}:{s['what']}"} & wanted]
     saved = RESULTS / "readout.json"
-    # another run's datasets stay (the two data sets may run as two processes)
-    others = [r for r in json.loads(saved.read_text()) if r["dataset"] not in datasets] if saved.exists() else []
     records = []
-    for spec in plan(work, datasets):
+    for spec in specs:
         record = run(spec, args.timeout)
         if record.get("scaled"):
             record["all_cells_seconds"] = record["seconds"] * N_100K / record["n_cells_run"]
@@ -319,12 +324,18 @@ def main(argv: list[str] | None = None) -> None:
         record["threads"] = 1
         print(json.dumps(record), flush=True)
         records.append(record)
-        if saved.exists():
-            others = [r for r in json.loads(saved.read_text()) if r["dataset"] not in datasets]
-        everything = sorted(others + records, key=lambda r: r["dataset"] != "snareseq2")
+        # the other measurements (of another run, e.g. the other data set in a second process) stay
+        done = {_key(r) for r in records}
+        others = [r for r in json.loads(saved.read_text()) if _key(r) not in done] if saved.exists() else []
+        order = {_key(spec): i for i, spec in enumerate(plan(work, None))}
+        everything = sorted(others + records, key=lambda r: order.get(_key(r), -1))
         RESULTS.mkdir(exist_ok=True)
         saved.write_text(json.dumps(everything, indent=1) + "\n")
         (RESULTS / "readout.md").write_text(markdown(everything))
+
+
+def _key(record: dict) -> tuple:
+    return record["dataset"], record["kind"], record["what"]
 
 
 if __name__ == "__main__":
