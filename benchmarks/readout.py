@@ -185,6 +185,7 @@ def train_multivi(spec: dict) -> dict:
     model.train(
         max_epochs=SNARE_EPOCHS if full else 1,
         train_size=1.0,
+        early_stopping=False,  # no validation cells (train_size=1.0), as pengster's epoch
         batch_size=128,
         accelerator="cpu",
         enable_progress_bar=False,
