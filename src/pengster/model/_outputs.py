@@ -33,6 +33,11 @@ def _rows_out(out, n_rows: int, n_features: int):
     return np.empty((n_rows, n_features), dtype=np.float32) if out is None else out
 
 
+def _masked(values: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+    """NaN rows where not ``available`` (a pass over the values only when some row is not)."""
+    return values if bool(available.all()) else torch.where(available, values, torch.nan)
+
+
 def _check_out(out, n_rows: int, n_features: int, name: str) -> None:
     if out is not None and tuple(out.shape) != (n_rows, n_features):
         raise ValueError(f"{name} has shape {tuple(out.shape)}; pass an array of shape ({n_rows}, {n_features}).")
@@ -274,7 +279,9 @@ class JointVAEOutputsMixin:
         for tensors in self._minibatches(adata, rows, batch_size):
             inputs = self.module._get_inference_input(tensors)
             has = {m: h.to(self.device) for m, h in inputs["has"].items()}
-            qz = self.module.fuse(self.module.experts(**inputs), has, sources)
+            # only the sources are encoded: the other experts would be computed and never used
+            source_has = {m: h if m in sources else torch.zeros_like(h) for m, h in inputs["has"].items()}
+            qz = self.module.fuse(self.module.experts(**{**inputs, "has": source_has}), has, sources)
             options = {} if library is None else {"library": library}
             if target == "atac":
                 options["cell_factor"] = self.module.source_cell_factor(inputs["x"], has, inputs["panel"], sources)
@@ -295,11 +302,11 @@ class JointVAEOutputsMixin:
                 mean = torch.where(covered > 0, 0.5 * (mean + nearby), mean)
                 variance = torch.where(covered > 0, spread, variance if variance is not None else 0.0)
             available = (sum(has[m] for m in sources) > 0).unsqueeze(-1)
-            mean_out[start:stop] = torch.where(available, mean, torch.nan).cpu().numpy()
+            mean_out[start:stop] = _masked(mean, available).cpu().numpy()
             if return_std:
                 parts = [v for v in (latent, variance) if v is not None]
                 std = sum(parts).sqrt() if parts else torch.zeros_like(mean)
-                std_out[start:stop] = torch.where(available, std, torch.nan).cpu().numpy()
+                std_out[start:stop] = _masked(std, available).cpu().numpy()
             start = stop
         if out is not None:
             return (out, out_std) if return_std else out
@@ -398,19 +405,22 @@ class JointVAEOutputsMixin:
         for tensors in self._minibatches(adata, rows, batch_size or readout_batch_size(len(features))):
             inputs = self.module._get_inference_input(tensors)
             has = {m: h.to(self.device) for m, h in inputs["has"].items()}
-            qz = self.module.fuse(self.module.experts(**inputs), has)
-            if modality == "atac":
+            if modality == "atac":  # the cell's own ATAC cell factor where it measured ATAC, else predicted
+                outputs = self.module.inference(**inputs)
+                experts, own = outputs["experts"], outputs["cell_factor"]
                 measured = [m for m in self.modalities if m != "atac"]
                 imputed = self.module.source_cell_factor(inputs["x"], has, inputs["panel"], measured)
-                own = self.module.inference(**inputs)["cell_factor"]
                 options["cell_factor"] = torch.where(has["atac"].view(-1, 1) > 0, own, imputed)
+            else:
+                experts = self.module.experts(**inputs)
+            qz = self.module.fuse(experts, has)
             draws = [qz.loc] if n_samples == 1 else (qz.sample() for _ in range(n_samples))
             available = (sum(has.values()) > 0).view(-1, 1)
             stop = start + qz.loc.shape[0]
             total = 0.0
             for draw, z in enumerate(draws):
                 value, _ = self._decode(modality, z, tensors, batches=batches, **options)
-                value = torch.where(available, value[:, columns], torch.nan)
+                value = _masked(value[:, columns], available)
                 if every_draw:
                     values_out[draw, start:stop] = value.cpu().numpy()
                 else:
