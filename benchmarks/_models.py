@@ -86,13 +86,13 @@ class PengsterRunner:
 
     def predict(self, target: str, cells: pd.Index, *, n_samples: int = 1):
         rows = self.mdata.obs_names.get_indexer(cells)
-        result = self.model.predict(
-            target=target, indices=rows, n_samples=n_samples, return_std=n_samples > 1, **self.predict_kwargs
-        )
+        # the mean is decoded at the posterior mean; n_samples draws make the latent part of the std
+        draws = {"n_samples": n_samples, "return_std": True} if n_samples > 1 else {}
+        result = self.model.predict(target=target, indices=rows, **draws, **self.predict_kwargs)
         mean, std = result if n_samples > 1 else (result, None)
         mean = mean.to_numpy(np.float64)
         std = None if std is None else std.to_numpy(np.float64)
-        if target == "rna" and self.predict_kwargs.get("reference_layer") is None:
+        if target == "rna" and self.predict_kwargs.get("layer") is None:
             # predictions are log1p(p * 1e4); move them to the data's normalized scale (std by the delta method)
             mean = np.log1p(np.expm1(mean) / 1e4 * self.study.target_sum())
             if std is not None:

@@ -48,7 +48,8 @@ PENGSTER_MODEL_KWARGS: dict = {}
 PENGSTER_TRAIN_KWARGS: dict = {}
 # predictions on the data's own normalized scale: the neighbours average the scored values of the training cells
 # (what kNN and ridge learn from) and the decoder is mapped onto them per feature (chosen on the validation split)
-PENGSTER_PREDICT_KWARGS: dict = {"reference_layer": _tasks.SCORED_LAYER}
+# (predict's default readout="auto": the blend for RNA and protein targets, the decoder for ATAC ones)
+PENGSTER_PREDICT_KWARGS: dict = {"layer": _tasks.SCORED_LAYER}
 
 
 @dataclass

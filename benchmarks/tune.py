@@ -80,14 +80,14 @@ CROSS_CANDIDATES = ("cross_all", "cross_sampled", "cross_single")
 
 # name -> predict keyword arguments: read-outs of one trained model, scored side by side (no retraining)
 READOUTS: dict[str, dict] = {
-    "decoder": {"reference_neighbors": None},
-    "neighbors_10": {"reference_neighbors": 10},
-    "neighbors_20": {"reference_neighbors": 20},
-    "neighbors_50": {"reference_neighbors": 50},
-    "auto": {"reference_neighbors": "auto"},
+    "decoder": {"readout": "decoder"},
+    "neighbors_10": {"readout": "blend", "n_neighbors": 10},
+    "neighbors_20": {"readout": "blend", "n_neighbors": 20},
+    "neighbors_50": {"readout": "blend", "n_neighbors": 50},
+    "auto": {"readout": "auto"},
     # the same, reported on the data's own normalized scale (the layer that holds what the benchmark scores)
-    "decoder_layer": {"reference_neighbors": None, "reference_layer": _tasks.SCORED_LAYER},
-    "auto_layer": {"reference_neighbors": "auto", "reference_layer": _tasks.SCORED_LAYER},
+    "decoder_layer": {"readout": "decoder", "layer": _tasks.SCORED_LAYER},
+    "auto_layer": {"readout": "auto", "layer": _tasks.SCORED_LAYER},
 }
 
 
@@ -266,7 +266,7 @@ STAGES = {
     "read-out of predict: decoder alone or averaged with k reference neighbours": [
         f"current+{readout}" for readout in READOUTS if not readout.endswith("_layer")
     ],
-    "read-out on pengster's scale or on the data's own normalized scale (reference_layer)": [
+    "read-out on pengster's scale or on the data's own normalized scale (layer)": [
         f"current+{readout}" for readout in ("decoder", "auto", "decoder_layer", "auto_layer")
     ],
     "RNA bridge and MMD weights on the mosaics (decoder read-out)": [f"{c}+decoder" for c in MOSAIC_CANDIDATES],

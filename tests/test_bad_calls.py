@@ -47,7 +47,17 @@ GETTER_CASES = [
         lambda model: model.predict(target="rna", source="rna"),
         [r"source \['rna'\]", r"target 'rna'", r"or None for all modalities but the target"],
     ),
-    ("predict_zero_samples", lambda model: model.predict(target="rna", n_samples=0), [r"n_samples=0", r">= 1"]),
+    (
+        "predict_negative_samples",
+        lambda model: model.predict(target="rna", n_samples=-1, return_std=True),
+        [r"n_samples=-1", r">= 0"],
+    ),
+    ("predict_unknown_readout", lambda model: model.predict(target="rna", readout="knn"), [r"readout='knn'", "blend"]),
+    (
+        "normalized_zero_samples",
+        lambda model: model.get_normalized_expression(n_samples=0),
+        [r"n_samples=0", r">= 1"],
+    ),
     (
         "latent_unknown_modality",
         lambda model: model.get_latent_representation(modality="nope"),

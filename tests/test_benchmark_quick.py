@@ -26,13 +26,13 @@ def test_mosaic_study_scores_only_measured_genes(data_dir, bench):
     assert full.mod["rna"][multiome[:5]].X.sum() == 0
     assert full.mod["rna"][multiome[5:]].X.sum() > 0
     # pengster's layout holds the visible cells' scored values (0 where the dataset did not measure the gene), the
-    # layer its predictions are reported on (reference_layer)
+    # layer its predictions are reported on (layer)
     mosaic = hidden.mudata(layout="mosaic")
     layer = mosaic.mod["rna"].layers[tasks.SCORED_LAYER]
     assert mosaic.mod["rna"].n_obs == hidden.visible("rna").n_obs
     cells = mosaic.mod["rna"].obs_names
     np.testing.assert_allclose(layer.toarray(), np.nan_to_num(study.truth("rna", cells)), rtol=1e-6)
-    assert bench.accuracy.PENGSTER_PREDICT_KWARGS == {"reference_layer": tasks.SCORED_LAYER}
+    assert bench.accuracy.PENGSTER_PREDICT_KWARGS == {"layer": tasks.SCORED_LAYER}
 
 
 def test_snareseq2_split_and_scale(data_dir, bench):

@@ -365,7 +365,7 @@ def test_real_data_with_extreme_depths_and_protein_background_stays_finite(data_
     assert np.isfinite(model.history["validation_loss"].to_numpy(dtype=float)).all()
     assert np.isfinite(model.get_latent_representation()).all()
     for target in ("rna", "protein"):
-        mean, std = model.predict(target=target, n_samples=3)
+        mean, std = model.predict(target=target, n_samples=3, return_std=True)
         assert np.isfinite(mean.to_numpy()).all() and np.isfinite(std.to_numpy()).all()
         assert np.isfinite(model.get_normalized_expression(modality=target).to_numpy()).all()
 

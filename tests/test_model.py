@@ -87,13 +87,14 @@ def test_latents_and_predictions_shapes(model, mosaic):
     atac_only = model.get_latent_representation(modality="atac")
     has_atac = mosaic.obs_names.isin(mosaic.mod["atac"].obs_names)
     assert np.isnan(atac_only[~has_atac]).all() and np.isfinite(atac_only[has_atac]).all()
-    mean, std = model.predict(target="protein", n_samples=4)
+    mean, std = model.predict(target="protein", n_samples=4, return_std=True)
     assert list(mean.columns) == list(mosaic.mod["prot"].var_names)
     assert (std.to_numpy() > 0).all() and np.isfinite(mean.to_numpy()).all()
     atac = model.predict(target="atac")
     assert ((atac.to_numpy() > 0) & (atac.to_numpy() < 1)).all()
+    # every cell, the CITE-seq cells' ATAC imputed from what they measured
     denoised = model.get_normalized_expression(modality="atac")
-    assert list(denoised.index) == list(mosaic.mod["atac"].obs_names)
+    assert list(denoised.index) == list(mosaic.obs_names) and np.isfinite(denoised.to_numpy()).all()
 
 
 def test_prediction_uses_only_the_source(model, mosaic):

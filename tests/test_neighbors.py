@@ -32,8 +32,11 @@ def _clr(counts: np.ndarray) -> np.ndarray:
 
 def test_prediction_is_decoder_averaged_with_nearest_other_training_cells(model):
     mdata, k = model.mdata, 3
-    decoder = model.predict(target="protein", source="rna", reference_neighbors=None).to_numpy()
-    blended = model.predict(target="protein", source="rna", reference_neighbors=k).to_numpy()
+    decoder = model.predict(target="protein", source="rna", readout="decoder").to_numpy()
+    blended, std = model.predict(
+        target="protein", source="rna", readout="blend", n_neighbors=k, return_std=True, n_samples=0
+    )
+    blended, std = blended.to_numpy(), std.to_numpy()
     counts = mdata["prot"].X
     counts = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
     reference = mdata.obs_names.get_indexer(mdata["prot"].obs_names)
@@ -42,53 +45,57 @@ def test_prediction_is_decoder_averaged_with_nearest_other_training_cells(model)
     query = model.get_latent_representation(modality="rna")
     has_rna = ~np.isnan(query).any(1)
     _, found = NearestNeighbors(n_neighbors=k + 1).fit(latent).kneighbors(query[has_rna])
-    expected = decoder.copy()
+    expected, spread = decoder.copy(), np.full_like(decoder, np.nan)
     for row, neighbours in zip(np.flatnonzero(has_rna), found, strict=True):
         others = [n for n in neighbours if reference[n] != row][:k]
         expected[row] = 0.5 * (decoder[row] + values[others].mean(0))
+        spread[row] = values[others].std(0)
     np.testing.assert_allclose(blended, expected, rtol=1e-4, atol=1e-4)
+    # without posterior draws the std is the neighbours' spread: the measurement noise, seen in the reference
+    np.testing.assert_allclose(std[has_rna], spread[has_rna], rtol=1e-3, atol=1e-3)
     # the cells that measured protein are not their own neighbours: their measured values never leak in
     assert not np.allclose(blended[reference], 0.5 * (decoder[reference] + values), atol=1e-3)
 
 
-def test_no_reference_neighbors_is_the_decoder_alone(model):
-    blended = model.predict(target="rna", source="protein", reference_neighbors=5).to_numpy()
-    for off in (None, 0):
-        decoder = model.predict(target="rna", source="protein", reference_neighbors=off).to_numpy()
-        assert not np.allclose(decoder, blended, equal_nan=True)
-        reference = model.predict(target="rna", source="protein", reference_neighbors=None).to_numpy()
-        np.testing.assert_array_equal(decoder, reference)
+def test_decoder_readout_differs_from_the_blend_and_is_deterministic(model):
+    blended = model.predict(target="rna", source="protein", readout="blend", n_neighbors=5).to_numpy()
+    decoder = model.predict(target="rna", source="protein", readout="decoder").to_numpy()
+    assert not np.allclose(decoder, blended, equal_nan=True)
+    # the mean never depends on the posterior draws of the std
+    again, _ = model.predict(target="rna", source="protein", readout="decoder", return_std=True, n_samples=3)
+    np.testing.assert_array_equal(decoder, again.to_numpy())
 
 
-def test_std_adds_the_neighbours_spread_to_the_decoders(model):
+def test_atac_std_is_the_bernoulli_std_of_the_reported_probability(model):
     k = 20
-    torch.manual_seed(0)
-    mean, std = model.predict(target="atac", n_samples=4, reference_neighbors=k)
-    torch.manual_seed(0)
-    decoder_mean, decoder_std = model.predict(target="atac", n_samples=4, reference_neighbors=None)
-    assert (decoder_std.to_numpy() > 0).any() and not np.allclose(mean.to_numpy(), decoder_mean.to_numpy())
+    decoder_mean, decoder_std = model.predict(target="atac", readout="decoder", return_std=True)
+    mean, std = model.predict(target="atac", readout="blend", n_neighbors=k, return_std=True)
+    p_decoder = decoder_mean.to_numpy()
+    has_source = ~np.isnan(p_decoder).any(1)
+    expected = np.sqrt(p_decoder * (1 - p_decoder))[has_source]
+    np.testing.assert_allclose(decoder_std.to_numpy()[has_source], expected, rtol=1e-6)
+    assert not np.allclose(mean.to_numpy(), p_decoder, equal_nan=True)
     # binary neighbours averaged with probabilities stay probabilities
-    assert mean.to_numpy().min() >= 0 and mean.to_numpy().max() <= 1
-    # the neighbours' mean p of open peaks is 2 * blend - decoder; their (population) variance is p (1 - p)
-    p = (2 * mean.to_numpy() - decoder_mean.to_numpy()).clip(0, 1)
-    has_source = ~np.isnan(decoder_std.to_numpy()).any(1)
-    expected = np.sqrt(decoder_std.to_numpy() ** 2 + p * (1 - p))[has_source]
-    np.testing.assert_allclose(std.to_numpy()[has_source], expected, rtol=1e-3, atol=1e-4)
-    assert (std.to_numpy()[has_source] > decoder_std.to_numpy()[has_source] + 1e-3).any()
+    assert np.nanmin(mean.to_numpy()) >= 0 and np.nanmax(mean.to_numpy()) <= 1
+    # the neighbours' fraction q of open peaks is 2 * blend - decoder; their (population) variance is q (1 - q)
+    q = (2 * mean.to_numpy() - p_decoder).clip(0, 1)
+    np.testing.assert_allclose(std.to_numpy()[has_source], np.sqrt(q * (1 - q))[has_source], rtol=1e-3, atol=2e-3)
 
 
-def test_auto_uses_neighbours_except_for_atac_targets_and_atac_only_sources(model):
-    def same(target, source, k):
+def test_auto_blends_except_for_atac_targets_and_atac_only_sources(model):
+    def same(target, source, readout):
         auto = model.predict(target=target, source=source).to_numpy()
-        other = model.predict(target=target, source=source, reference_neighbors=k).to_numpy()
+        other = model.predict(target=target, source=source, readout=readout).to_numpy()
         return np.allclose(auto, other, equal_nan=True)
 
-    assert same("rna", "protein", 50) and not same("rna", "protein", None)
-    assert same("protein", ["rna", "atac"], 50)
-    assert same("atac", "rna", None) and not same("atac", "rna", 50)
-    assert same("rna", "atac", None)
-    with pytest.raises(ValueError, match="reference_neighbors='near'"):
-        model.predict(target="rna", reference_neighbors="near")
+    assert same("rna", "protein", "blend") and not same("rna", "protein", "decoder")
+    assert same("protein", ["rna", "atac"], "blend")
+    assert same("atac", "rna", "decoder") and not same("atac", "rna", "blend")
+    assert same("rna", "atac", "decoder")
+    with pytest.raises(ValueError, match=r"readout='near'; pass one of \['auto', 'decoder', 'blend'\]"):
+        model.predict(target="rna", readout="near")
+    with pytest.raises(ValueError, match=r"n_neighbors=0"):
+        model.predict(target="rna", readout="blend", n_neighbors=0)
 
 
 def _protein_layer(model, name: str, transform) -> np.ndarray:
@@ -109,17 +116,17 @@ def _lines(decoded: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.array(slopes), np.array(intercepts)
 
 
-def test_reference_layer_reports_on_the_layers_scale(model):
+def test_layer_reports_on_the_layers_scale(model):
     mdata, k = model.mdata, 3
     layer = _protein_layer(model, "scaled", lambda clr: 3.0 * clr + 2.0)
     reference = mdata.obs_names.get_indexer(mdata["prot"].obs_names)
-    decoder = model.predict(target="protein", source="rna", reference_neighbors=None).to_numpy()
+    decoder = model.predict(target="protein", source="rna", readout="decoder").to_numpy()
     slope, intercept = _lines(decoder[reference], layer)
-    mapped = model.predict(target="protein", source="rna", reference_neighbors=None, reference_layer="scaled")
+    mapped = model.predict(target="protein", source="rna", readout="decoder", layer="scaled")
     np.testing.assert_allclose(mapped.to_numpy(), intercept + slope * decoder, rtol=1e-4, atol=1e-4)
 
-    pengster_scale = model.predict(target="protein", source="rna", reference_neighbors=k).to_numpy()
-    blended = model.predict(target="protein", source="rna", reference_neighbors=k, reference_layer="scaled")
+    pengster_scale = model.predict(target="protein", source="rna", readout="blend", n_neighbors=k).to_numpy()
+    blended = model.predict(target="protein", source="rna", readout="blend", n_neighbors=k, layer="scaled")
     # neighbours average the layer (3 * CLR + 2) instead of the CLR; the decoder half is the mapped decoder
     neighbours = 2.0 * pengster_scale - decoder
     expected = 0.5 * (intercept + slope * decoder + 3.0 * neighbours + 2.0)
@@ -127,12 +134,12 @@ def test_reference_layer_reports_on_the_layers_scale(model):
     np.testing.assert_array_equal(mdata["prot"].layers["scaled"], layer)  # the user's layer is untouched
 
 
-def test_reference_layer_never_reverses_a_feature(model):
+def test_layer_never_reverses_a_feature(model):
     layer = _protein_layer(model, "reversed", lambda clr: -clr)
     model.mdata["prot"].layers["reversed"] = sparse.csr_matrix(layer, dtype=np.float32)
-    mapped = model.predict(target="protein", source="rna", reference_neighbors=None, reference_layer="reversed")
+    mapped = model.predict(target="protein", source="rna", readout="decoder", layer="reversed")
     # decoded and measured CLR rise together, so every line to -CLR falls: clipped to slope 0, the layer's mean
-    decoder = model.predict(target="protein", source="rna", reference_neighbors=None).to_numpy()
+    decoder = model.predict(target="protein", source="rna", readout="decoder").to_numpy()
     reference = model.mdata.obs_names.get_indexer(model.mdata["prot"].obs_names)
     rising = _lines(decoder[reference], -layer)[0] > 0
     assert rising.any()
@@ -142,10 +149,26 @@ def test_reference_layer_never_reverses_a_feature(model):
     np.testing.assert_allclose(model.mdata["prot"].layers["reversed"].toarray(), layer, rtol=1e-6)
 
 
-def test_reference_layer_errors_name_the_layer_and_the_fix(model):
-    with pytest.raises(ValueError, match=r"reference_layer='nope' is not a layer of mdata.mod\['prot'\].*'X' for .X"):
-        model.predict(target="protein", reference_layer="nope")
+def test_layer_errors_name_the_layer_and_the_fix(model):
+    with pytest.raises(ValueError, match=r"layer='nope' is not a layer of mdata.mod\['prot'\].*'X' for .X"):
+        model.predict(target="protein", layer="nope")
     _protein_layer(model, "clr", lambda clr: clr)
     # the cells that measured protein (CITE-seq) have no ATAC: no line can be fitted from ATAC
     with pytest.raises(ValueError, match=r"none of the 70 training cells that measured 'protein' has any of the"):
-        model.predict(target="protein", source="atac", reference_layer="clr")
+        model.predict(target="protein", source="atac", layer="clr")
+
+
+def test_reference_reads_only_its_chosen_cells(model, monkeypatch):
+    from pengster.model import _neighbors
+
+    monkeypatch.setattr(_neighbors, "MAX_REFERENCE_CELLS", 20)
+    reference = _neighbors.Reference(model, "protein", 5)
+    measured = model.mdata.obs_names.isin(model.mdata["prot"].obs_names)
+    assert reference.size == 20 and reference.values.shape[0] == 20 and reference.latent.shape[0] == 20
+    assert measured[reference.rows].all() and (np.diff(reference.rows) > 0).all()
+    np.testing.assert_allclose(
+        reference.latent.cpu().numpy(), model.get_latent_representation(indices=reference.rows), rtol=1e-5, atol=1e-6
+    )
+    counts = model.mdata["prot"][reference.names].X
+    counts = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
+    np.testing.assert_allclose(reference.values.toarray(), _clr(counts.astype(np.float64)), rtol=1e-4, atol=1e-5)

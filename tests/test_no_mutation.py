@@ -100,7 +100,7 @@ def _assert_no_scvi_keys(mdata: md.MuData) -> None:
 def _call_every_getter(model: JointVAE, mdata: md.MuData | None) -> None:
     for modality in model.modalities:
         model.get_latent_representation(mdata, modality=modality)
-        model.predict(mdata, target=modality, n_samples=2)
+        model.predict(mdata, target=modality, n_samples=2, return_std=True)
         model.get_normalized_expression(mdata, modality=modality)
     model.get_latent_representation(mdata)
     model.predict(mdata, target="rna", source="protein")
@@ -193,6 +193,40 @@ def test_write_results_adds_exactly_the_documented_keys(trained):
     write_results(trained, mdata, n_samples=2)
     assert_same(before, snapshot(mdata), added=expected)
     np.testing.assert_allclose(mdata.obsm["X_pengster"], latent, rtol=1e-6)
+
+
+def test_write_results_writes_only_the_chosen_targets_and_features(trained):
+    mdata = _mosaic()
+    before = snapshot(mdata)
+    proteins = list(mdata.mod["prot"].var_names[[5, 1, 2]])
+    write_results(trained, mdata, targets=["protein", "rna"], features={"protein": proteins}, dtype=np.float16)
+    # protein's features are chosen: a layer would need all of them, so it gets no denoised layer
+    expected = {"obsm/X_pengster", "uns/pengster"}
+    expected |= {f"obsm/X_pengster_{modality}" for modality in MODALITIES}
+    expected |= {"obsm/pengster_pred_protein", "obsm/pengster_pred_protein_std", "mod/rna/layers/pengster_denoised"}
+    expected |= {"obsm/pengster_pred_rna", "obsm/pengster_pred_rna_std"}
+    assert_same(before, snapshot(mdata), added=expected)
+    predicted = mdata.obsm["pengster_pred_protein"]
+    assert list(predicted.columns) == proteins and predicted.to_numpy().dtype == np.float16
+    full = trained.predict(mdata, target="protein")[proteins].to_numpy()
+    # float16 keeps 11 significant bits: relative error at most 2**-11
+    np.testing.assert_allclose(predicted.to_numpy(np.float32), full, rtol=2**-11, atol=1e-6)
+    with pytest.raises(ValueError, match=r"features names \['atac'\], which are not in targets"):
+        write_results(trained, _mosaic(), targets=["rna"], features={"atac": ["peak0"]})
+    with pytest.raises(ValueError, match=r"features\['protein'\] has 1 names that are not features"):
+        write_results(trained, _mosaic(), targets=["protein"], features={"protein": ["CD999"]})
+
+
+def test_write_results_leaves_wide_atac_out_by_default(trained, monkeypatch):
+    from pengster.tl import _write
+
+    assert _write.default_targets(trained) == list(MODALITIES)
+    monkeypatch.setattr(_write, "MAX_DEFAULT_PEAKS", 39)  # the mosaic has 40 peaks
+    assert _write.default_targets(trained) == ["rna", "protein"]
+    mdata = _mosaic()
+    write_results(trained, mdata)
+    assert "pengster_pred_atac" not in mdata.obsm and "pengster_denoised" not in mdata.mod["atac"].layers
+    assert "pengster_pred_rna" in mdata.obsm and "X_pengster_atac" in mdata.obsm
 
 
 @pytest.mark.parametrize("place", ["obsm", "layer", "uns"])

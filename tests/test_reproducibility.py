@@ -36,7 +36,7 @@ def _outputs(model: JointVAE, mdata: md.MuData) -> dict[str, np.ndarray]:
     for target in ALL:
         outputs[f"predict_{target}"] = model.predict(target=target).to_numpy()
         scvi.settings.seed = 11  # sampled predictions are reproducible given the seed set before them
-        mean, std = model.predict(target=target, n_samples=4)
+        mean, std = model.predict(target=target, n_samples=4, return_std=True)
         outputs[f"sampled_{target}"], outputs[f"std_{target}"] = mean.to_numpy(), std.to_numpy()
         outputs[f"denoised_{target}"] = model.get_normalized_expression(modality=target).to_numpy()
     scvi.settings.seed = 11

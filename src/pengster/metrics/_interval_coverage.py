@@ -15,7 +15,7 @@ def interval_coverage(observed: Any, mean: Any, std: Any, *, level: float = 0.9)
 
     The interval is ``mean ± z * std`` with ``z`` the ``(1 + level) / 2`` quantile of the
     standard normal, so a calibrated prediction covers about ``level`` of the values; less means
-    overconfident, more underconfident. Pairs with ``predict(..., n_samples>1)``, which returns a
+    overconfident, more underconfident. Pairs with ``predict(..., return_std=True)``, which returns a
     predictive mean and std.
 
     Parameters

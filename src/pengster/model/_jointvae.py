@@ -24,12 +24,13 @@ from pengster.train import JointTrainingPlan
 from pengster.train._callbacks import training_callbacks, training_guard
 from pengster.train._options import training_options
 
-from . import _outputs, _query, _setup
+from . import _query, _setup
+from ._outputs import JointVAEOutputsMixin
 
 logger = logging.getLogger(__name__)
 
 
-class JointVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class JointVAE(JointVAEOutputsMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """Joint variational autoencoder for RNA, ATAC and surface protein, with an interdependent ELBO.
 
     Each measured modality has its own encoder ``q(z | x_m)``; a masked product of experts fuses those a cell has.
@@ -511,11 +512,3 @@ class JointVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         >>> model = pengster.model.JointVAE.load("model_dir")
         """
         return _load.load_model(cls, dir_path, adata, accelerator=accelerator, device=device)
-
-    # ------------------------------------------------------------------------------------------------ getters
-    _minibatches = _outputs._minibatches
-    _check_modality = _outputs._check_modality
-    get_latent_representation = _outputs.get_latent_representation
-    _decode_scaled = _outputs._decode_scaled
-    predict = _outputs.predict
-    get_normalized_expression = _outputs.get_normalized_expression

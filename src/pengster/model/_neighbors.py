@@ -1,7 +1,7 @@
 """The reference read-out of :meth:`~pengster.model.JointVAE.predict`: what the nearest training cells measured.
 
 A cell's prediction from the decoder alone is limited by the latent's few dimensions; the training cells around it
-carry the rest (gene-gene structure the decoder smooths away). ``predict(reference_neighbors=k)`` averages the two.
+carry the rest (gene-gene structure the decoder smooths away). ``predict(readout="blend")`` averages the two.
 """
 
 from __future__ import annotations
@@ -11,11 +11,19 @@ import torch
 from scipy import sparse
 
 from pengster._constants import REGISTRY_KEYS
+from pengster.data._align import has_column
 from pengster.module._inputs import observed_values
 
 MAX_REFERENCE_CELLS = 50_000
 """More training cells than this measured the target: a random subset of this many (seed 0) is the reference."""
 SEARCH_CHUNK = 4096
+MINIBATCH_VALUES = 2**24
+"""Default read-out minibatch: at most 1024 cells and about this many values (cells x features), 64 MB of float32."""
+
+
+def readout_batch_size(n_features: int) -> int:
+    """Cells per minibatch of a read-out of ``n_features`` features (see :data:`MINIBATCH_VALUES`)."""
+    return int(max(16, min(1024, MINIBATCH_VALUES // max(n_features, 1))))
 
 
 def _caller_random_state(model):
@@ -38,42 +46,36 @@ class Reference:
         self, model, target: str, n_neighbors: int | None, *, batch_size: int | None = None, layer: str | None = None
     ):
         module = model.module
-        latents, values, panels, positions = [], [], [], []
-        start = 0
-        with _caller_random_state(model):
-            for tensors in model._minibatches(None, None, batch_size):
-                n_cells = tensors[REGISTRY_KEYS.PANEL].shape[0]
-                inputs = module._get_inference_input(tensors)
-                has = {m: h.to(model.device) for m, h in inputs["has"].items()}
-                rows = (has[target] > 0).nonzero().view(-1)
-                if rows.numel() > 0:
-                    if n_neighbors:  # the latent is only searched for neighbours
-                        experts = module.experts(**inputs)
-                        latents.append(module.fuse(experts, has).loc[rows].cpu().numpy())
-                    panel = inputs["panel"].to(model.device).long().view(-1)[rows]
-                    counts = tensors[REGISTRY_KEYS.counts(target)].to(model.device)[rows].float()
-                    observed = observed_values(target, counts, module.feature_mask(target, panel))
-                    values.append(sparse.csr_matrix(observed.cpu().numpy()))
-                    panels.append(panel.cpu().numpy())
-                    positions.append(start + rows.cpu().numpy())
-                start += n_cells
+        # the cells are chosen first, so only they are read: memory stays bounded by MAX_REFERENCE_CELLS
+        measured = np.flatnonzero(model.adata.obs[has_column(target)].to_numpy() > 0)
+        if len(measured) > MAX_REFERENCE_CELLS:
+            keep = np.random.default_rng(0).choice(len(measured), MAX_REFERENCE_CELLS, replace=False)
+            measured = measured[np.sort(keep)]
         self.n_neighbors = n_neighbors
-        self.size = sum(len(p) for p in panels)
+        self.size = len(measured)
         if self.size == 0:
             return
-        keep = np.arange(self.size)
-        if self.size > MAX_REFERENCE_CELLS:
-            keep = np.sort(np.random.default_rng(0).choice(self.size, MAX_REFERENCE_CELLS, replace=False))
-            self.size = MAX_REFERENCE_CELLS
+        latents, values, panels = [], [], []
+        with _caller_random_state(model), torch.inference_mode():
+            for tensors in model._minibatches(None, measured, batch_size):
+                inputs = module._get_inference_input(tensors)
+                has = {m: h.to(model.device) for m, h in inputs["has"].items()}
+                if n_neighbors:  # the latent is only searched for neighbours
+                    latents.append(module.fuse(module.experts(**inputs), has).loc.cpu().numpy())
+                panel = inputs["panel"].to(model.device).long().view(-1)
+                counts = tensors[REGISTRY_KEYS.counts(target)].to(model.device).float()
+                observed = observed_values(target, counts, module.feature_mask(target, panel))
+                values.append(sparse.csr_matrix(observed.cpu().numpy()))
+                panels.append(panel.cpu().numpy())
         if n_neighbors:
-            self.latent = torch.as_tensor(np.concatenate(latents)[keep], device=model.device)
-        self.rows = np.concatenate(positions)[keep]
+            self.latent = torch.as_tensor(np.concatenate(latents), device=model.device)
+        self.rows = measured
         self.names = np.asarray(model.adata.obs_names[self.rows])
         table = getattr(module, f"feature_mask_{target}").cpu().numpy()
         # panel one-hot @ mask table = each reference cell's measured features, without a cells x features matrix
-        panel = np.concatenate(panels)[keep]
+        panel = np.concatenate(panels)
         values = (
-            sparse.vstack(values).tocsr()[keep]
+            sparse.vstack(values).tocsr()
             if layer is None
             else layer_values(model, target, layer, self.names, panel.astype(np.int64), table > 0)
         )
@@ -132,13 +134,13 @@ def layer_values(
     adata = model.mdata.mod[key]
     if layer != "X" and layer not in adata.layers:
         raise ValueError(
-            f"reference_layer={layer!r} is not a layer of mdata.mod[{key!r}] (the training data); its layers are "
+            f"layer={layer!r} is not a layer of mdata.mod[{key!r}] (the training data); its layers are "
             f"{list(adata.layers)}. Pass one of them, 'X' for .X, or None for pengster's own scale."
         )
     rows = adata.obs_names.get_indexer(names)
     if (rows < 0).any():
         raise ValueError(
-            f"reference_layer={layer!r}: {int((rows < 0).sum())} training cells are missing from mdata.mod[{key!r}] "
+            f"layer={layer!r}: {int((rows < 0).sum())} training cells are missing from mdata.mod[{key!r}] "
             f"(e.g. {names[rows < 0][0]!r}); pass the MuData the model was set up with."
         )
     matrix = adata.X if layer == "X" else adata.layers[layer]
@@ -156,7 +158,7 @@ def layer_values(
 def fit_lines(model, reference: Reference, predict_kwargs: dict) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature least-squares line from the decoded value to the reference cells' own value.
 
-    The reference cells are decoded exactly as the query (``predict_kwargs``: target, sources, decoder alone); only
+    The reference cells are decoded exactly as the query (``predict_kwargs``: target, source, decoder read-out); only
     the cells and features that both have enter a feature's fit. The slope is clipped at 0, so the map never
     reverses a feature's ranking of cells; a feature with fewer than two fit cells gets slope 0 and the mean of its
     fit cells (0 without any). Returns ``(slope, intercept)``, each of shape ``(n_features,)``.
@@ -168,8 +170,7 @@ def fit_lines(model, reference: Reference, predict_kwargs: dict) -> tuple[np.nda
     for start in range(0, reference.size, chunk_cells):
         chunk = slice(start, start + chunk_cells)
         with _caller_random_state(model):
-            decoded = model.predict(indices=reference.rows[chunk], n_samples=1, **predict_kwargs)
-        decoded = decoded.to_numpy(np.float64)
+            decoded = model.predict(indices=reference.rows[chunk], **predict_kwargs).to_numpy(np.float64)
         observed = reference.values[chunk].toarray()
         weight = (reference.panel_onehot[chunk] @ reference.table > 0) & ~np.isnan(decoded)
         decoded = np.where(weight, decoded, 0.0)
@@ -183,9 +184,9 @@ def fit_lines(model, reference: Reference, predict_kwargs: dict) -> tuple[np.nda
     if n.sum() == 0:
         sources = predict_kwargs.get("source")
         raise ValueError(
-            f"reference_layer: none of the {reference.size} training cells that measured {predict_kwargs['target']!r} "
+            f"layer: none of the {reference.size} training cells that measured {predict_kwargs['target']!r} "
             f"has any of the sources {sources}, so there is nothing to fit the layer's scale on; pass sources those "
-            "cells have, or reference_layer=None."
+            "cells have, or layer=None."
         )
     covariance = n * sums["xy"] - sums["x"] * sums["y"]
     variance = n * sums["xx"] - sums["x"] ** 2

@@ -1,11 +1,14 @@
 """The getters of :class:`~pengster.model.JointVAE`: latents, predictions and denoised values of a trained model.
 
-They are plain functions bound as methods in the class body, so the model file keeps setup, training and saving.
+Every read-out streams: it decodes one minibatch of cells at a time and writes its rows into the output (a new
+array, or ``out=``: any array that supports ``out[rows] = block``, e.g. a numpy memmap or an h5py/zarr dataset),
+so that its memory beyond the output does not grow with the number of cells.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -13,270 +16,421 @@ import torch
 from mudata import MuData
 
 from pengster._constants import REGISTRY_KEYS
+from pengster.module._inputs import RNA_TARGET_SUM
+from pengster.module._moments import reporting_moments
 
-from ._neighbors import Reference, fit_lines
+from ._neighbors import Reference, fit_lines, readout_batch_size
 
 REFERENCE_NEIGHBORS = 50
-"""Neighbours of ``reference_neighbors="auto"`` in :meth:`~pengster.model.JointVAE.predict` when ATAC is neither
-the target nor the only source (chosen on a validation split of the benchmark's training cells,
-``benchmarks/results/tune.md``)."""
+"""Neighbours of the ``blend`` read-out of :meth:`~pengster.model.JointVAE.predict` (chosen on a validation split of
+the benchmark's training cells, ``benchmarks/results/tune.md``)."""
+STD_SAMPLES = 10
+"""Default posterior draws of ``z`` for the latent part of :meth:`~pengster.model.JointVAE.predict`'s std."""
+READOUTS = ("auto", "decoder", "blend")
 
 
-def _minibatches(self, mdata, indices, batch_size) -> Iterator[dict[str, torch.Tensor]]:
-    aligned = self._aligned(mdata)
-    loader = self._make_data_loader(adata=aligned, indices=indices, batch_size=batch_size or 1024)
-    yield from loader
+def _rows_out(out, n_rows: int, n_features: int):
+    return np.empty((n_rows, n_features), dtype=np.float32) if out is None else out
 
 
-def _check_modality(self, modality: str, *, argument: str) -> None:
-    if modality not in self.modalities:
-        raise ValueError(
-            f"{argument}={modality!r}, but this JointVAE was trained on {list(self.modalities)}; "
-            f"pass one of those (set up the data with modalities={{'{modality}_layer': ...}} to model it)."
-        )
+def _masked(values: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+    """NaN rows where not ``available`` (a pass over the values only when some row is not)."""
+    return values if bool(available.all()) else torch.where(available, values, torch.nan)
 
 
-@torch.inference_mode()
-def get_latent_representation(
-    self,
-    mdata: MuData | None = None,
-    *,
-    modality: str | None = None,
-    indices: Sequence[int] | None = None,
-    batch_size: int | None = None,
-) -> np.ndarray:
-    """Posterior mean of the latent, array of shape ``(n_cells, n_latent)``.
+def _check_out(out, n_rows: int, n_features: int, name: str) -> None:
+    if out is not None and tuple(out.shape) != (n_rows, n_features):
+        raise ValueError(f"{name} has shape {tuple(out.shape)}; pass an array of shape ({n_rows}, {n_features}).")
 
-    Parameters
-    ----------
-    mdata
-        Data to embed (default: the training data).
-    modality
-        None for the joint posterior over all of a cell's modalities; a modality for the posterior from
-        that modality alone (NaN rows for cells that did not measure it).
-    indices
-        Cells to embed (default: all).
-    batch_size
-        Cells per minibatch.
-    """
-    self._check_if_trained(warn=False)
-    if modality is not None:
-        self._check_modality(modality, argument="modality")
-    latents = []
-    for tensors in self._minibatches(mdata, indices, batch_size):
-        inputs = self.module._get_inference_input(tensors)
-        experts = self.module.experts(**inputs)
-        has = {m: h.to(self.device) for m, h in inputs["has"].items()}
-        use = None if modality is None else [modality]
-        mean = self.module.fuse(experts, has, use).loc
+
+class JointVAEOutputsMixin:
+    """Getters of a trained :class:`~pengster.model.JointVAE`; they return arrays or DataFrames and write nothing."""
+
+    def _minibatches(self, adata, indices, batch_size) -> Iterator[dict[str, torch.Tensor]]:
+        aligned = self._aligned(adata)
+        loader = self._make_data_loader(adata=aligned, indices=indices, batch_size=batch_size or 1024)
+        yield from loader
+
+    def _check_modality(self, modality: str, *, argument: str) -> None:
+        if modality not in self.modalities:
+            raise ValueError(
+                f"{argument}={modality!r}, but this JointVAE was trained on {list(self.modalities)}; "
+                f"pass one of those (set up the data with modalities={{'{modality}_layer': ...}} to model it)."
+            )
+
+    def _rows(self, aligned: MuData, indices) -> np.ndarray:
+        return np.arange(aligned.n_obs) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: MuData | None = None,
+        indices: Sequence[int] | None = None,
+        give_mean: bool = True,
+        batch_size: int | None = None,
+        *,
+        modality: str | None = None,
+    ) -> np.ndarray:
+        """Latent of each cell, array of shape ``(n_cells, n_latent)``.
+
+        Parameters
+        ----------
+        adata
+            MuData to embed (default: the training data).
+        indices
+            Cells to embed (rows of ``adata``; default: all).
+        give_mean
+            The posterior mean; False: one draw from the posterior.
+        batch_size
+            Cells per minibatch.
+        modality
+            None for the joint posterior over all of a cell's modalities; a modality for the posterior from
+            that modality alone (NaN rows for cells that did not measure it).
+        """
+        self._check_if_trained(warn=False)
         if modality is not None:
-            mean = torch.where(has[modality].unsqueeze(-1) > 0, mean, torch.nan)
-        latents.append(mean.cpu().numpy())
-    return np.concatenate(latents)
+            self._check_modality(modality, argument="modality")
+        latents = []
+        for tensors in self._minibatches(adata, indices, batch_size):
+            inputs = self.module._get_inference_input(tensors)
+            experts = self.module.experts(**inputs)
+            has = {m: h.to(self.device) for m, h in inputs["has"].items()}
+            qz = self.module.fuse(experts, has, None if modality is None else [modality])
+            latent = qz.loc if give_mean else qz.sample()
+            if modality is not None:
+                latent = torch.where(has[modality].unsqueeze(-1) > 0, latent, torch.nan)
+            latents.append(latent.cpu().numpy())
+        return np.concatenate(latents)
 
+    def _decode(self, target, z, tensors, *, batches=None, variance=False, **options):
+        """:func:`~pengster.module._moments.reporting_moments` of ``target`` at ``z`` for a minibatch.
 
-def _decode_scaled(self, target, z, tensors, *, denoised: bool, cell_factor=None) -> torch.Tensor:
-    """Decoded values of ``target`` for ``z`` of shape ``(n_samples, n_cells, n_latent)``.
+        ``batches``: batch codes to decode under and average (default: each cell's own batch; a cell whose batch
+        never measured ``target`` is decoded under every batch that did, and averaged).
+        """
+        module = self.module
+        batch_index = tensors[REGISTRY_KEYS.BATCH].to(self.device).long()
+        cat_covs = tensors.get(REGISTRY_KEYS.CAT_COVS)
+        cat_covs = None if cat_covs is None else cat_covs.to(self.device).long()
+        mask = module.feature_mask(target, tensors[REGISTRY_KEYS.PANEL].to(self.device).long())
+        if options.get("cell_factor") is None and target == "atac":
+            options["cell_factor"] = module.atac_cell_factor_mean.expand(z.shape[-2], 1)
+        cont_covs = tensors.get(REGISTRY_KEYS.CONT_COVS)
+        if cont_covs is not None:
+            options["cont_covs"] = cont_covs.to(self.device)
 
-    A cell whose batch never measured ``target`` is decoded under every batch that did, and averaged.
-    """
-    module = self.module
-    batch_index = tensors[REGISTRY_KEYS.BATCH].to(self.device).long()
-    cat_covs = tensors.get(REGISTRY_KEYS.CAT_COVS)
-    cat_covs = None if cat_covs is None else cat_covs.to(self.device).long()
-    panel = tensors[REGISTRY_KEYS.PANEL].to(self.device).long()
-    mask = module.feature_mask(target, panel)
-    if cell_factor is None and target == "atac":
-        cell_factor = module.atac_cell_factor_mean.expand(z.shape[1], 1)
-    cont_covs = tensors.get(REGISTRY_KEYS.CONT_COVS)
-    cont_covs = None if cont_covs is None else cont_covs.to(self.device)
-    scaled = module.denoised_values if denoised else module.predicted_values
+        def under(codes):
+            return reporting_moments(
+                module, target, z, module._categoricals(codes, cat_covs), mask, variance=variance, **options
+            )
 
-    def decode(*args):
-        return scaled(*args, cont_covs=cont_covs)
+        def averaged(codes):
+            pairs = [under(torch.full_like(batch_index, code)) for code in codes]
+            value = sum(p[0] for p in pairs) / len(pairs)
+            return value, None if not variance else sum(p[1] for p in pairs) / len(pairs)
 
-    column = list(self.modalities).index(target)
-    seen = module.batch_has_modality[:, column]
-    own_ok = seen[batch_index.view(-1)] > 0
-    values = decode(target, z, module._categoricals(batch_index, cat_covs), mask, cell_factor)
-    if not own_ok.all():
-        stand_ins = torch.nonzero(seen).view(-1).tolist()
-        averaged = sum(
-            decode(target, z, module._categoricals(torch.full_like(batch_index, b), cat_covs), mask, cell_factor)
-            for b in stand_ins
-        ) / len(stand_ins)
-        values = torch.where(own_ok.view(1, -1, 1), values, averaged)
-    return values
+        if batches is not None:
+            return averaged(batches)
+        seen = module.batch_has_modality[:, list(self.modalities).index(target)]
+        own_ok = seen[batch_index.view(-1)] > 0
+        value, var = under(batch_index)
+        if not own_ok.all():
+            stand_in, stand_in_var = averaged(torch.nonzero(seen).view(-1).tolist())
+            keep = own_ok.view(-1, 1)
+            value = torch.where(keep, value, stand_in)
+            var = None if var is None else torch.where(keep, var, stand_in_var)
+        return value, var
 
+    def _sources(self, target: str, source) -> list[str]:
+        self._check_modality(target, argument="target")
+        sources = [m for m in self.modalities if m != target] if source is None else source
+        sources = [sources] if isinstance(sources, str) else list(sources)
+        for modality in sources:
+            self._check_modality(modality, argument="source")
+        if target in sources:
+            raise ValueError(
+                f"source {sources} contains the target {target!r}; pass source=<other modalities of "
+                f"{list(self.modalities)}>, or None for all modalities but the target."
+            )
+        return sources
 
-@torch.inference_mode()
-def predict(
-    self,
-    mdata: MuData | None = None,
-    *,
-    target: str,
-    source: str | Sequence[str] | None = None,
-    n_samples: int = 1,
-    return_std: bool | None = None,
-    reference_neighbors: int | str | None = "auto",
-    reference_layer: str | None = None,
-    indices: Sequence[int] | None = None,
-    batch_size: int | None = None,
-) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
-    """Predict ``target`` from the ``source`` modalities only, for every cell.
+    def _typical_library(self, modality: str, batch_size: int | None) -> float:
+        """Median total counts of the training cells that measured ``modality`` (for a prediction's noise)."""
+        totals = []
+        for tensors in self._minibatches(None, None, batch_size):
+            has = tensors[REGISTRY_KEYS.has(modality)].view(-1) > 0
+            panel = tensors[REGISTRY_KEYS.PANEL].long().view(-1)
+            counts = tensors[REGISTRY_KEYS.counts(modality)][has].float()
+            totals.append((counts * self.module.feature_mask(modality, panel[has].to(self.device)).cpu()).sum(-1))
+        totals = torch.cat(totals)
+        # at least 1 count, as the module's library sizes (a panel of empty cells has median 0)
+        return max(1.0, float(totals.median())) if totals.numel() else RNA_TARGET_SUM
 
-    Parameters
-    ----------
-    mdata
-        Data (default: the training data).
-    target
-        Modality to predict.
-    source
-        Modalities to predict from (default: all others). The cell's own ``target`` is never used.
-    n_samples
-        1: decode the posterior mean. More: decode that many posterior samples and average.
-    return_std
-        Also return the predictive standard deviation (default: when ``n_samples > 1``): the decoded value's spread
-        over the posterior samples, combined (square root of the summed variances) with the spread of the
-        reference neighbours' measured values where they are used, so that it also covers the cell-to-cell noise
-        of a measurement.
-    reference_neighbors
-        ``"auto"``: 50, but None when ``target`` is ``atac`` or ``atac`` is the only source (single nuclei's binary
-        peaks, and latents from them alone, are too noisy to average: on the validation split neighbours lowered
-        those predictions and raised the others).
-        ``k``: the prediction is the average of the decoded value and the mean measured ``target`` of the ``k``
-        training cells nearest in the joint latent to the cell's posterior mean, among those that measured
-        ``target`` (the cell itself excluded; at most 50,000 of them, a random subset beyond). None or 0: the
-        decoder alone, which is also used when no training cell measured ``target`` (a query model whose data
-        lacks it). The default was chosen on a validation split of the benchmark's training cells.
-    reference_layer
-        None: predictions on pengster's scale (below). A layer of ``target``'s modality in the MuData the model was
-        set up with (``"X"`` for its ``.X``; for a model loaded without data, the saved copy, which holds counts),
-        e.g. your own normalized values: predictions on that layer's scale. The neighbours then
-        average their values in that layer, and the decoded value is mapped onto it by a least-squares line per
-        feature (slope >= 0), fitted over the training cells that measured ``target`` (the same at most 50,000),
-        decoded from the same sources as the query; a feature with fewer than two such cells gets their mean. The
-        decoded value's spread is scaled by the slope.
-    indices
-        Cells to predict (default: all).
-    batch_size
-        Cells per minibatch.
+    @torch.inference_mode()
+    def predict(
+        self,
+        adata: MuData | None = None,
+        indices: Sequence[int] | None = None,
+        *,
+        target: str,
+        source: str | Sequence[str] | None = None,
+        n_samples: int = STD_SAMPLES,
+        return_std: bool = False,
+        readout: Literal["auto", "decoder", "blend"] = "auto",
+        layer: str | None = None,
+        n_neighbors: int = REFERENCE_NEIGHBORS,
+        batch_size: int | None = None,
+        out=None,
+        out_std=None,
+    ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+        """Predict ``target`` from the ``source`` modalities only, for every requested cell.
 
-    Returns
-    -------
-    DataFrame (cells x target features) in the target's scale: ``rna`` log1p of counts per 10k, ``atac``
-    accessibility probability, ``protein`` CLR of counts (or ``reference_layer``'s scale). Rows of cells with none
-    of the source modalities are NaN. With ``return_std``, a tuple ``(mean, std)``.
-    """
-    self._check_if_trained(warn=False)
-    self._check_modality(target, argument="target")
-    sources = (
-        [m for m in self.modalities if m != target]
-        if source is None
-        else [source]
-        if isinstance(source, str)
-        else list(source)
-    )
-    for modality in sources:
-        self._check_modality(modality, argument="source")
-    if target in sources:
-        raise ValueError(
-            f"source {sources} contains the target {target!r}; pass source=<other modalities of "
-            f"{list(self.modalities)}>, or None for all modalities but the target."
-        )
-    if n_samples < 1:
-        raise ValueError(f"n_samples={n_samples}; pass n_samples >= 1.")
-    return_std = n_samples > 1 if return_std is None else return_std
-    if reference_neighbors == "auto":
-        atac_only = target == "atac" or set(sources) == {"atac"}
-        reference_neighbors = None if atac_only else REFERENCE_NEIGHBORS
-    elif isinstance(reference_neighbors, str) or (reference_neighbors is not None and reference_neighbors < 0):
-        raise ValueError(
-            f"reference_neighbors={reference_neighbors!r}; pass 'auto', a number of neighbours >= 0, or None."
-        )
-    reference = None
-    if reference_neighbors or reference_layer is not None:
-        reference = Reference(self, target, reference_neighbors, batch_size=batch_size, layer=reference_layer)
-        if reference.size == 0:
-            if reference_layer is not None:
-                raise ValueError(
-                    f"reference_layer={reference_layer!r}, but no training cell measured {target!r}, so there is "
-                    "nothing to fit the scale on; pass reference_layer=None."
+        The cell's own ``target`` is never used. Cells stream through in minibatches; memory beyond the output does
+        not grow with the number of cells.
+
+        Parameters
+        ----------
+        adata
+            MuData (default: the training data).
+        indices
+            Cells to predict (rows of ``adata``; default: all).
+        target
+            Modality to predict.
+        source
+            Modalities to predict from (default: all others).
+        n_samples
+            Posterior draws of ``z`` for the latent part of the std (only with ``return_std``; 0 leaves it out).
+            The mean never depends on it: it is decoded at the posterior mean.
+        return_std
+            Also return the predictive standard deviation of one measurement of the target on the reported scale,
+            the square root of the sum of two parts. The latent part is the mean squared difference between the
+            values decoded at ``n_samples`` posterior draws and at the posterior mean. The measurement part comes
+            from the likelihood in closed form (``decoder`` read-out): ``rna``, the negative binomial's variance at
+            the median depth of the training cells, carried to log1p per 10k by the delta method; ``protein``, the
+            background/foreground mixture's variance carried to the CLR the same way; ``atac``, ``p (1 - p)`` of
+            the predicted probability ``p`` (which holds the latent part already: no draws are made). With the
+            ``blend`` read-out the measurement part is the variance of the neighbours' measured values instead.
+            With ``layer``, the decoded parts are scaled by the line's slope.
+        readout
+            How the prediction is read out. ``"decoder"``: the decoded value at the posterior mean.
+            ``"blend"``: the average of the decoded value and the mean measured ``target`` of the ``n_neighbors``
+            training cells nearest in the joint latent to the cell's posterior mean, among those that measured
+            ``target`` (the cell itself excluded; at most 50,000 of them, a random subset beyond); the decoder
+            alone where no training cell measured ``target`` (a query model whose data lacks it). ``"auto"``:
+            ``"decoder"`` when ``target`` is ``atac`` or ``atac`` is the only source (single nuclei's binary peaks,
+            and latents from them alone, are too noisy to average), else ``"blend"``; chosen on a validation split.
+        layer
+            None: pengster's scale (below). A layer of ``target``'s modality in the MuData the model was set up with
+            (``"X"`` for its ``.X``; for a model loaded without data, the saved copy, which holds counts), e.g. your
+            own normalised values: the prediction is reported on that layer's scale. The decoded value is mapped
+            onto it by a least-squares line per feature (slope >= 0) fitted over the training cells that measured
+            ``target`` (the same at most 50,000), decoded from the same sources; a feature with fewer than two such
+            cells gets their mean. The ``blend`` read-out then averages the neighbours' values in that layer.
+        n_neighbors
+            Neighbours of the ``blend`` read-out.
+        batch_size
+            Cells per minibatch (default: at most 1024, fewer for wide targets so a minibatch's values stay near
+            16M entries).
+        out, out_std
+            Arrays of shape ``(n_cells, n_features)`` supporting ``out[rows] = block`` (numpy array or memmap,
+            h5py or zarr dataset) to write the prediction and its std into, instead of new arrays.
+
+        Returns
+        -------
+        DataFrame (cells x target features) in the target's scale: ``rna`` log1p of counts per 10k, ``atac``
+        accessibility probability, ``protein`` CLR of counts (or ``layer``'s scale). Rows of cells with none of
+        the source modalities are NaN. With ``return_std``, a tuple ``(mean, std)``. With ``out``, ``out`` (and
+        ``out_std``) instead of DataFrames.
+        """
+        self._check_if_trained(warn=False)
+        sources = self._sources(target, source)
+        if n_samples < 0:
+            raise ValueError(f"n_samples={n_samples}; pass n_samples >= 0.")
+        if readout not in READOUTS:
+            raise ValueError(f"readout={readout!r}; pass one of {list(READOUTS)}.")
+        if n_neighbors < 1:
+            raise ValueError(f"n_neighbors={n_neighbors}; pass n_neighbors >= 1 (or readout='decoder').")
+        if readout == "auto":
+            readout = "decoder" if target == "atac" or set(sources) == {"atac"} else "blend"
+        aligned = self._aligned(adata)
+        rows = self._rows(aligned, indices)
+        n_features = aligned.mod[self.modalities[target]].n_vars
+        _check_out(out, len(rows), n_features, "out")
+        _check_out(out_std, len(rows), n_features, "out_std")
+        batch_size = batch_size or readout_batch_size(n_features)
+        reference = None
+        if readout == "blend" or layer is not None:
+            neighbours = n_neighbors if readout == "blend" else None
+            reference = Reference(self, target, neighbours, batch_size=batch_size, layer=layer)
+            if reference.size == 0:
+                if layer is not None:
+                    raise ValueError(
+                        f"layer={layer!r}, but no training cell measured {target!r}, so there is nothing to fit the "
+                        "scale on; pass layer=None."
+                    )
+                reference = None
+        slope = intercept = None
+        if layer is not None:
+            decode_alone = {"target": target, "source": sources, "readout": "decoder", "batch_size": batch_size}
+            lines = fit_lines(self, reference, decode_alone)
+            slope, intercept = (torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in lines)
+        measurement_part = return_std and not (reference is not None and reference.n_neighbors)
+        library = self._typical_library(target, batch_size) if measurement_part and target == "rna" else None
+        mean_out = _rows_out(out, len(rows), n_features)
+        std_out = _rows_out(out_std, len(rows), n_features) if return_std else None
+        names, start = np.asarray(aligned.obs_names), 0
+        for tensors in self._minibatches(adata, rows, batch_size):
+            inputs = self.module._get_inference_input(tensors)
+            has = {m: h.to(self.device) for m, h in inputs["has"].items()}
+            # only the sources are encoded: the other experts would be computed and never used
+            source_has = {m: h if m in sources else torch.zeros_like(h) for m, h in inputs["has"].items()}
+            qz = self.module.fuse(self.module.experts(**{**inputs, "has": source_has}), has, sources)
+            options = {} if library is None else {"library": library}
+            if target == "atac":
+                options["cell_factor"] = self.module.source_cell_factor(inputs["x"], has, inputs["panel"], sources)
+            mean, variance = self._decode(target, qz.loc, tensors, variance=measurement_part, **options)
+            latent = None  # the latent part of the variance (ATAC's p (1 - p) holds it already)
+            if return_std and target != "atac" and n_samples > 0:
+                latent = sum(
+                    (self._decode(target, qz.sample(), tensors, **options)[0] - mean) ** 2 for _ in range(n_samples)
                 )
-            reference = None
-    slope = intercept = None
-    if reference_layer is not None:
-        decode_alone = {"target": target, "source": sources, "reference_neighbors": None, "batch_size": batch_size}
-        lines = fit_lines(self, reference, decode_alone)
-        slope, intercept = (torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in lines)
-    aligned = self._aligned(mdata)
-    cells = aligned.obs_names if indices is None else aligned.obs_names[np.asarray(indices)]
-    names = np.asarray(cells)
-    means, stds, start = [], [], 0
-    for tensors in self._minibatches(mdata, indices, batch_size):
-        inputs = self.module._get_inference_input(tensors)
-        experts = self.module.experts(**inputs)
-        has = {m: h.to(self.device) for m, h in inputs["has"].items()}
-        qz = self.module.fuse(experts, has, sources)
-        z = qz.loc.unsqueeze(0) if n_samples == 1 else qz.sample((n_samples,))
-        cell_factor = (
-            self.module.source_cell_factor(inputs["x"], has, inputs["panel"], sources) if target == "atac" else None
-        )
-        values = self._decode_scaled(target, z, tensors, denoised=False, cell_factor=cell_factor)
-        available = sum(has[m] for m in sources) > 0
-        mean, std = values.mean(0), values.std(0, unbiased=False)
-        if slope is not None:
-            mean, std = intercept + slope * mean, slope * std
-        if reference is not None and reference.n_neighbors:
-            nearby, spread, covered = reference.average(qz.loc, names[start : start + qz.loc.shape[0]])
-            mean = torch.where(covered > 0, 0.5 * (mean + nearby), mean)
-            std = torch.where(covered > 0, (std**2 + spread).sqrt(), std)
-        start += qz.loc.shape[0]
-        mean = torch.where(available.unsqueeze(-1), mean, torch.nan)
-        std = torch.where(available.unsqueeze(-1), std, torch.nan)
-        means.append(mean.cpu().numpy())
-        stds.append(std.cpu().numpy())
-    features = aligned.mod[self.modalities[target]].var_names
-    mean = pd.DataFrame(np.concatenate(means), index=cells, columns=features)
-    if not return_std:
-        return mean
-    return mean, pd.DataFrame(np.concatenate(stds), index=cells, columns=features)
+                latent = latent / n_samples
+            if slope is not None:
+                mean = intercept + slope * mean
+                latent = None if latent is None else slope**2 * latent
+                variance = None if variance is None else slope**2 * variance
+            stop = start + qz.loc.shape[0]
+            if reference is not None and reference.n_neighbors:
+                nearby, spread, covered = reference.average(qz.loc, names[rows[start:stop]])
+                mean = torch.where(covered > 0, 0.5 * (mean + nearby), mean)
+                variance = torch.where(covered > 0, spread, variance if variance is not None else 0.0)
+            available = (sum(has[m] for m in sources) > 0).unsqueeze(-1)
+            mean_out[start:stop] = _masked(mean, available).cpu().numpy()
+            if return_std:
+                parts = [v for v in (latent, variance) if v is not None]
+                std = sum(parts).sqrt() if parts else torch.zeros_like(mean)
+                std_out[start:stop] = _masked(std, available).cpu().numpy()
+            start = stop
+        if out is not None:
+            return (out, out_std) if return_std else out
+        frame = self._frame(mean_out, aligned.obs_names[rows], aligned.mod[self.modalities[target]].var_names)
+        if not return_std:
+            return frame
+        return frame, self._frame(std_out, frame.index, frame.columns)
 
+    @staticmethod
+    def _frame(values: np.ndarray, index, columns) -> pd.DataFrame:
+        return pd.DataFrame(values, index=pd.Index(index), columns=pd.Index(columns), copy=False)
 
-@torch.inference_mode()
-def get_normalized_expression(
-    self,
-    mdata: MuData | None = None,
-    *,
-    modality: str,
-    n_samples: int = 1,
-    batch_size: int | None = None,
-) -> pd.DataFrame:
-    """Denoised values of a measured modality, for the cells that measured it, from their joint posterior.
+    def _batch_codes(self, transform_batch) -> list[int] | None:
+        if transform_batch is None:
+            return None
+        mapping = list(self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH).categorical_mapping)
+        wanted = [transform_batch] if isinstance(transform_batch, str) else list(transform_batch)
+        unknown = [b for b in wanted if b not in mapping]
+        if unknown:
+            raise ValueError(f"transform_batch {unknown} are not batches of the training data; batches are {mapping}.")
+        return [mapping.index(b) for b in wanted]
 
-    Scales as in :meth:`predict`; protein is the foreground only (background removed), as CLR.
+    @torch.inference_mode()
+    def get_normalized_expression(
+        self,
+        adata: MuData | None = None,
+        indices: Sequence[int] | None = None,
+        *,
+        modality: str = "rna",
+        transform_batch: str | Sequence[str] | None = None,
+        gene_list: Sequence[str] | None = None,
+        library_size: float = RNA_TARGET_SUM,
+        n_samples: int = 1,
+        batch_size: int | None = None,
+        return_mean: bool = True,
+        return_numpy: bool = False,
+        out=None,
+    ) -> pd.DataFrame | np.ndarray:
+        """Denoised values of ``modality`` for every requested cell, decoded from the cell's joint posterior.
 
-    Returns
-    -------
-    DataFrame (cells that measured ``modality`` x its features), rows in the order of the modality's cells.
-    """
-    self._check_if_trained(warn=False)
-    self._check_modality(modality, argument="modality")
-    rows = []
-    for tensors in self._minibatches(mdata, None, batch_size):
-        inputs = self.module._get_inference_input(tensors)
-        outputs = self.module.inference(**inputs)
-        has = outputs["has"][modality] > 0
-        qz = self.module.fuse(outputs["experts"], outputs["has"])
-        z = qz.loc.unsqueeze(0) if n_samples == 1 else qz.sample((n_samples,))
-        values = self._decode_scaled(modality, z, tensors, denoised=True, cell_factor=outputs["cell_factor"])
-        rows.append(values.mean(0)[has].cpu().numpy())
-    aligned = self._aligned(mdata)
-    measured = aligned.obs[f"_pengster_has_{modality}"].to_numpy() > 0
-    frame = pd.DataFrame(
-        np.concatenate(rows),
-        index=aligned.obs_names[measured],
-        columns=aligned.mod[self.modalities[modality]].var_names,
-    )
-    user = self.mdata if mdata is None else mdata
-    return frame.loc[user.mod[self.modalities[modality]].obs_names]
+        The joint posterior is over the modalities the cell measured, so a cell that did not measure ``modality``
+        gets it imputed from the others; a cell that measured nothing gets NaN. Scales as in :meth:`predict`:
+        ``rna`` log1p of counts per ``library_size``, ``atac`` accessibility probability, ``protein`` the
+        foreground only (background removed), as CLR.
+
+        Parameters
+        ----------
+        adata
+            MuData (default: the training data).
+        indices
+            Cells (rows of ``adata``; default: all).
+        modality
+            Modality to decode.
+        transform_batch
+            Batch (or batches, averaged) to decode every cell under; default: each cell's own batch (a batch that
+            never measured ``modality``: averaged over the batches that did).
+        gene_list
+            Features to return (default: all).
+        library_size
+            ``rna``: counts per this many (log1p of them is returned); ignored for the other modalities.
+        n_samples
+            1: decode the posterior mean; more: decode that many posterior draws.
+        batch_size
+            Cells per minibatch.
+        return_mean
+            With ``n_samples > 1``: their average; False: every draw, array ``(n_samples, n_cells, n_features)``.
+        return_numpy
+            An array instead of a DataFrame.
+        out
+            Array of the output's shape supporting ``out[rows] = block`` to write into instead of a new array.
+
+        Returns
+        -------
+        DataFrame (cells x features) or array; ``out`` when given.
+        """
+        self._check_if_trained(warn=False)
+        self._check_modality(modality, argument="modality")
+        if n_samples < 1:
+            raise ValueError(f"n_samples={n_samples}; pass n_samples >= 1.")
+        aligned = self._aligned(adata)
+        rows = self._rows(aligned, indices)
+        features = aligned.mod[self.modalities[modality]].var_names
+        columns = slice(None) if gene_list is None else features.get_indexer(pd.Index(gene_list))
+        if gene_list is not None and (columns < 0).any():
+            missing = list(pd.Index(gene_list)[columns < 0][:5])
+            raise ValueError(f"gene_list has features that {modality!r} does not have, e.g. {missing}.")
+        features = features[columns]
+        every_draw = n_samples > 1 and not return_mean
+        shape = (n_samples, len(rows), len(features)) if every_draw else (len(rows), len(features))
+        if out is not None and tuple(out.shape) != shape:
+            raise ValueError(f"out has shape {tuple(out.shape)}; pass an array of shape {shape}.")
+        values_out = np.empty(shape, dtype=np.float32) if out is None else out
+        batches = self._batch_codes(transform_batch)
+        options = {"denoised": True, "target_sum": library_size}
+        start = 0
+        for tensors in self._minibatches(adata, rows, batch_size or readout_batch_size(len(features))):
+            inputs = self.module._get_inference_input(tensors)
+            has = {m: h.to(self.device) for m, h in inputs["has"].items()}
+            if modality == "atac":  # the cell's own ATAC cell factor where it measured ATAC, else predicted
+                outputs = self.module.inference(**inputs)
+                experts, own = outputs["experts"], outputs["cell_factor"]
+                measured = [m for m in self.modalities if m != "atac"]
+                imputed = self.module.source_cell_factor(inputs["x"], has, inputs["panel"], measured)
+                options["cell_factor"] = torch.where(has["atac"].view(-1, 1) > 0, own, imputed)
+            else:
+                experts = self.module.experts(**inputs)
+            qz = self.module.fuse(experts, has)
+            draws = [qz.loc] if n_samples == 1 else (qz.sample() for _ in range(n_samples))
+            available = (sum(has.values()) > 0).view(-1, 1)
+            stop = start + qz.loc.shape[0]
+            total = 0.0
+            for draw, z in enumerate(draws):
+                value, _ = self._decode(modality, z, tensors, batches=batches, **options)
+                value = _masked(value[:, columns], available)
+                if every_draw:
+                    values_out[draw, start:stop] = value.cpu().numpy()
+                else:
+                    total = total + value / n_samples
+            if not every_draw:
+                values_out[start:stop] = total.cpu().numpy()
+            start = stop
+        if out is not None or return_numpy or every_draw:
+            return values_out
+        return self._frame(values_out, aligned.obs_names[rows], features)

@@ -26,7 +26,7 @@ def _matched(
         if len(missing) > 0:
             raise ValueError(
                 f"std lacks {len(missing)} cells of predicted, e.g. {list(missing[:3])}; pass the std "
-                "returned with predicted by model.predict(..., n_samples > 1)."
+                "returned with predicted by model.predict(..., return_std=True)."
             )
         std = std.loc[cells]
     return cells, predicted.loc[cells], observed.loc[cells], std

@@ -1,0 +1,198 @@
+"""Read-outs of a trained JointVAE: closed-form moments, streaming into a target array, scvi-tools getter arguments."""
+
+from __future__ import annotations
+
+import copy
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scvi.distributions import NegativeBinomial, NegativeBinomialMixture, ZeroInflatedNegativeBinomial
+from torch.distributions import Poisson
+
+import pengster
+from pengster.distributions import FactorBernoulli
+from pengster.model import JointVAE
+from pengster.module._moments import count_moments, reporting_moments
+
+MODALITIES = {"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    mdata = pengster.data.synthetic_mosaic(
+        n_cells={"multiome": 90, "cite": 80}, n_genes=40, n_peaks=60, n_proteins=10, gene_overlap=0.8, seed=2
+    )
+    JointVAE.setup_mudata(mdata, modalities=MODALITIES, batch_key="batch")
+    model = JointVAE(mdata, n_latent=5, n_hidden=32)
+    model.train(max_epochs=3, batch_size=64, enable_progress_bar=False)
+    return model
+
+
+def _monte_carlo(px, n: int = 40_000) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    if isinstance(px, NegativeBinomialMixture):
+        # scvi-tools' sample() draws the component once for all sample_shape draws: draw it per draw here
+        background = torch.bernoulli(px.mixture_probs.expand(n, -1)) > 0
+        first = NegativeBinomial(mu=px.mu1, theta=px.theta1).sample((n,))
+        second = NegativeBinomial(mu=px.mu2, theta=px.theta1).sample((n,))
+        draws = torch.where(background, first, second).double()
+    else:
+        draws = px.sample((n,)).double()
+    return draws.mean(0), draws.var(0)
+
+
+@pytest.mark.parametrize(
+    "px",
+    [
+        NegativeBinomial(mu=torch.tensor([0.3, 4.0, 40.0]), theta=torch.tensor([2.0, 0.5, 10.0])),
+        ZeroInflatedNegativeBinomial(
+            mu=torch.tensor([0.3, 4.0, 40.0]),
+            theta=torch.tensor([2.0, 0.5, 10.0]),
+            zi_logits=torch.tensor([-1.0, 0.0, 1.0]),
+        ),
+        NegativeBinomialMixture(
+            mu1=torch.tensor([2.0, 5.0, 1.0]),
+            mu2=torch.tensor([30.0, 8.0, 60.0]),
+            theta1=torch.tensor([5.0, 3.0, 20.0]),
+            mixture_logits=torch.tensor([0.5, -1.0, 2.0]),
+        ),
+        Poisson(torch.tensor([0.2, 3.0, 25.0])),
+        FactorBernoulli(torch.tensor([[-2.0, 0.0, 3.0]]), torch.tensor([0.0, 1.0, -1.0]), torch.tensor([[0.7]])),
+    ],
+    ids=["nb", "zinb", "nb_mixture", "poisson", "bernoulli"],
+)
+def test_closed_form_moments_match_monte_carlo(px):
+    mean, variance = count_moments(px)
+    sampled_mean, sampled_variance = _monte_carlo(px)
+    np.testing.assert_allclose(mean.double(), sampled_mean, rtol=0.05, atol=0.01)
+    np.testing.assert_allclose(variance.double(), sampled_variance, rtol=0.1, atol=0.01)
+
+
+def test_rna_variance_on_the_log_scale_matches_monte_carlo_at_high_depth(model):
+    """The delta method carries the count variance to log1p per 10k: accurate where the log is near-linear.
+
+    That is at high depth and low dispersion (large theta); the trained dispersion is set to theta = 50 here.
+    """
+    module = copy.deepcopy(model.module)
+    module.decoders["rna"].log_theta.data.fill_(np.log(50.0))
+    z = torch.randn(6, module.n_latent, generator=torch.Generator().manual_seed(1))
+    categoricals = [torch.zeros(6, 1, dtype=torch.long)]
+    mask = module.feature_mask("rna", torch.zeros(6, dtype=torch.long))
+    library = 1e7
+    with torch.inference_mode():
+        value, variance = reporting_moments(module, "rna", z, categoricals, mask, library=library)
+        px, scale = module.decode("rna", z, categoricals, mask, torch.full((6, 1), library))
+        torch.manual_seed(0)
+        draws = torch.log1p(px.sample((4000,)).double() / library * 1e4)
+    measured = mask[0] > 0
+    np.testing.assert_allclose(value[:, measured], torch.log1p(scale * 1e4)[:, measured], rtol=1e-6)
+    np.testing.assert_allclose(variance[:, measured].double(), draws.var(0)[:, measured], rtol=0.15, atol=1e-6)
+
+
+def test_predict_streams_into_a_memmap_and_an_h5py_dataset(model, tmp_path):
+    n_cells, n_peaks = model.adata.n_obs, model.adata.mod["atac"].n_vars
+    mean, std = model.predict(target="atac", source="rna", return_std=True)
+    memmap = np.lib.format.open_memmap(tmp_path / "atac.npy", mode="w+", dtype=np.float32, shape=(n_cells, n_peaks))
+    with h5py.File(tmp_path / "atac.h5", "w") as file:
+        dataset = file.create_dataset("std", shape=(n_cells, n_peaks), dtype="float32")
+        returned = model.predict(
+            target="atac", source="rna", return_std=True, batch_size=32, out=memmap, out_std=dataset
+        )
+        assert returned[0] is memmap and returned[1] is dataset
+        np.testing.assert_allclose(dataset[...], std.to_numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(memmap, mean.to_numpy(), rtol=1e-5, atol=1e-6)
+    # draws for the latent part: the same draws in the same order, minibatch by minibatch
+    torch.manual_seed(3)
+    protein, protein_std = model.predict(target="protein", source="rna", return_std=True, batch_size=48)
+    into = np.empty(protein.shape, np.float32), np.empty(protein.shape, np.float32)
+    torch.manual_seed(3)
+    model.predict(target="protein", source="rna", return_std=True, batch_size=48, out=into[0], out_std=into[1])
+    np.testing.assert_array_equal(into[0], protein.to_numpy())
+    np.testing.assert_array_equal(into[1], protein_std.to_numpy())
+    with pytest.raises(ValueError, match=r"out has shape \(3, 3\); pass an array of shape"):
+        model.predict(target="protein", out=np.empty((3, 3)))
+
+
+def test_std_adds_the_latent_part_to_the_measurement_part(model):
+    kwargs = {"target": "protein", "source": "rna", "readout": "decoder", "return_std": True}
+    mean, measurement = model.predict(**kwargs, n_samples=0)
+    _, total = model.predict(**kwargs, n_samples=30)
+    measured = ~np.isnan(mean.to_numpy()).any(1)
+    assert (total.to_numpy()[measured] >= measurement.to_numpy()[measured] - 1e-6).all()
+    assert (total.to_numpy()[measured] > measurement.to_numpy()[measured] + 1e-4).mean() > 0.5
+    # the latent part alone is the spread of the decoded value over posterior draws
+    aligned = model.adata
+    with torch.inference_mode():
+        tensors = next(iter(model._make_data_loader(adata=aligned, batch_size=aligned.n_obs)))
+        inputs = model.module._get_inference_input(tensors)
+        qz = model.module.fuse(model.module.experts(**inputs), inputs["has"], ["rna"])
+        torch.manual_seed(0)
+        decoded = torch.stack([model._decode("protein", qz.sample(), tensors)[0] for _ in range(400)])
+        at_mean = model._decode("protein", qz.loc, tensors)[0]
+    latent = ((decoded - at_mean) ** 2).mean(0).numpy()
+    expected = np.sqrt(latent + measurement.to_numpy() ** 2)
+    np.testing.assert_allclose(total.to_numpy()[measured], expected[measured], rtol=0.15, atol=1e-3)
+
+
+def test_get_normalized_expression_answers_for_every_requested_cell(model):
+    mdata = model.mdata
+    cite = np.flatnonzero(~mdata.obs_names.isin(mdata.mod["atac"].obs_names))[:7]
+    multiome = np.flatnonzero(mdata.obs_names.isin(mdata.mod["atac"].obs_names))[:5]
+    indices = np.concatenate([multiome, cite])
+    rna = model.get_normalized_expression(mdata, indices, modality="rna")
+    assert list(rna.index) == list(mdata.obs_names[indices]) and np.isfinite(rna.to_numpy()).all()
+    everyone = model.get_normalized_expression(modality="rna")
+    np.testing.assert_allclose(everyone.loc[rna.index].to_numpy(), rna.to_numpy(), rtol=1e-5)
+    # protein for multiome cells is imputed from their RNA and ATAC
+    protein = model.get_normalized_expression(indices=multiome, modality="protein", return_numpy=True)
+    assert protein.shape == (5, mdata.mod["prot"].n_vars) and np.isfinite(protein).all()
+    genes = list(mdata.mod["rna"].var_names[[7, 2]])
+    np.testing.assert_allclose(
+        model.get_normalized_expression(indices=indices, gene_list=genes).to_numpy(), rna[genes].to_numpy()
+    )
+    # counts per library_size: log1p(p * L)
+    per_million = model.get_normalized_expression(indices=indices, library_size=1e6).to_numpy()
+    np.testing.assert_allclose(np.expm1(per_million), np.expm1(rna.to_numpy()) * 100, rtol=1e-3)
+    with pytest.raises(ValueError, match="gene_list has features that 'rna' does not have"):
+        model.get_normalized_expression(gene_list=["nope"])
+
+
+def test_transform_batch_and_samples(model):
+    batches = list(model.adata_manager.get_state_registry("batch").categorical_mapping)
+    each = [model.get_normalized_expression(modality="rna", transform_batch=b).to_numpy() for b in batches]
+    assert not np.allclose(each[0], each[1])
+    both = model.get_normalized_expression(modality="rna", transform_batch=batches).to_numpy()
+    np.testing.assert_allclose(both, sum(each) / len(each), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"transform_batch \['b9'\] are not batches"):
+        model.get_normalized_expression(transform_batch="b9")
+    draws = model.get_normalized_expression(modality="protein", n_samples=4, return_mean=False)
+    assert draws.shape == (4, model.adata.n_obs, model.adata.mod["prot"].n_vars)
+    assert not np.allclose(draws[0], draws[1])
+    torch.manual_seed(5)
+    averaged = model.get_normalized_expression(modality="protein", n_samples=4)
+    torch.manual_seed(5)
+    again = model.get_normalized_expression(modality="protein", n_samples=4, return_mean=False)
+    np.testing.assert_allclose(averaged.to_numpy(), again.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_latent_follows_scvi_tools_signature(model):
+    mdata = model.mdata
+    rows = np.array([5, 1, 100])
+    mean = model.get_latent_representation(mdata, rows, True, 2)
+    np.testing.assert_allclose(mean, model.get_latent_representation()[rows], rtol=1e-6)
+    torch.manual_seed(0)
+    drawn = np.stack([model.get_latent_representation(indices=rows, give_mean=False) for _ in range(300)])
+    assert not np.allclose(drawn[0], mean)
+    np.testing.assert_allclose(drawn.mean(0), mean, atol=0.15)
+
+
+def test_predict_returns_a_frame_unless_the_std_is_asked_for(model):
+    frame = model.predict(target="rna", source="protein")
+    assert isinstance(frame, pd.DataFrame) and frame.shape == (model.adata.n_obs, model.adata.mod["rna"].n_vars)
+    mean, std = model.predict(target="rna", source="protein", return_std=True)
+    pd.testing.assert_frame_equal(mean, frame)
+    assert (std.to_numpy()[np.isfinite(std.to_numpy())] > 0).all()
