@@ -83,7 +83,7 @@ autosummary_context = {
     # the inherited members a user of the class calls; scvi-tools' registry plumbing stays on scvi-tools' site
     "inherited_documented": {
         "pengster.model.JointVAE": (
-            "scvi-tools' BaseModelClass",
+            "scvi-tools' BaseModelClass and VAEMixin",
             [
                 "adata",
                 "device",
@@ -96,10 +96,24 @@ autosummary_context = {
                 "to_device",
                 "view_anndata_setup",
                 "view_setup_args",
+                "get_elbo",
+                "get_reconstruction_error",
             ],
         )
     },
 }
+
+
+def _pengster_members(cls: type) -> list[str]:
+    """Public members defined by pengster's own classes in ``cls``'s MRO (the class and its mixins)."""
+    return sorted(
+        {name for klass in cls.__mro__ if klass.__module__.startswith("pengster") for name in vars(klass)}
+        - {name for name in dir(cls) if name.startswith("_")}
+    )
+
+
+# members of pengster's own mixins are the class's own on its page
+autosummary_context["pengster_defined"] = {"pengster.model.JointVAE": _pengster_members(pengster.model.JointVAE)}
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_rtype = True

@@ -97,7 +97,10 @@ INVENTORIES: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
     ),
     "anndata": (
         "https://anndata.readthedocs.io/en/stable/",
-        {"anndata.AnnData": ("py:class", "generated/anndata.AnnData.html#anndata.AnnData")},
+        {
+            "anndata.AnnData": ("py:class", "generated/anndata.AnnData.html#anndata.AnnData"),
+            "anndata.AnnData.var_names": ("py:attribute", "generated/anndata.AnnData.var_names.html"),
+        },
     ),
     "mudata": (
         "https://mudata.readthedocs.io/en/latest/",

@@ -22,9 +22,7 @@ def _is_section_start(lines: list[str], index: int) -> bool:
     return bool(underline) and set(underline) <= _UNDERLINE and len(set(underline)) == 1
 
 
-def indent_returns_description(
-    app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
-) -> None:
+def indent_returns_description(app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
     """Indent the text of a ``Returns`` section without a type line (in place), so that it reads as a description."""
     if what not in {"function", "method"}:
         return

@@ -19,7 +19,7 @@ DTYPES = (np.float32, np.float16)
 
 
 def default_targets(model) -> list[str]:
-    """The modalities ``write_results`` predicts and denoises by default (see :data:`MAX_DEFAULT_PEAKS`)."""
+    """The modalities ``write_results`` predicts and denoises by default (see ``MAX_DEFAULT_PEAKS`` (10,000))."""
     wide_atac = "atac" in model.modalities and model.adata.mod[model.modalities["atac"]].n_vars > MAX_DEFAULT_PEAKS
     return [m for m in model.modalities if not (m == "atac" and wide_atac)]
 
@@ -111,7 +111,7 @@ def write_results(
         The MuData the model was set up with, or another one with the same modalities and features.
     targets
         Modalities to predict and denoise. Default: all, except ``atac`` when it has more than
-        :data:`MAX_DEFAULT_PEAKS` peaks (100k cells x 100k peaks would be 40 GB of float32 for the prediction and
+        ``MAX_DEFAULT_PEAKS`` (10,000) peaks (100k cells x 100k peaks would be 40 GB of float32 for the prediction and
         as much for its std); pass ``targets=["rna", "atac", ...]`` to include it.
     features
         Modality -> feature names to predict (default: all). A layer holds every feature of its modality, so a
