@@ -88,10 +88,10 @@ def _build(mods: dict, n_batches: int) -> md.MuData:
 
 def _check_run(parts: dict, run: dict) -> str:
     mdata = pengster.data.mosaic({name: _build(*spec) for name, spec in parts.items()})
-    modalities = {f"{m}_layer": key for m, key in MOD_KEYS.items() if key in mdata.mod}
+    modalities = {m: key for m, key in MOD_KEYS.items() if key in mdata.mod}
     scvi.settings.seed = 0
     try:
-        JointVAE.setup_mudata(mdata, modalities=modalities, batch_key="batch")
+        JointVAE.setup_mudata(mdata, modalities={f"{m}_layer": k for m, k in modalities.items()}, batch_key="batch")
         model = JointVAE(mdata, n_latent=run["n_latent"], n_hidden=8)
         model.train(max_epochs=1, batch_size=run["batch_size"], enable_progress_bar=False, early_stopping=False)
     except (ValueError, KeyError, TypeError) as error:

@@ -100,7 +100,8 @@ def test_the_probes_see_a_changed_setting():
     before = _process_state()
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high" if previous != "high" else "highest")
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a process started in the background already ignores SIGINT: change it to the other one
+    handler = signal.signal(signal.SIGINT, signal.SIG_DFL if before["sigint"] == signal.SIG_IGN else signal.SIG_IGN)
     validate = _validates_distribution_arguments()
     torch.distributions.Distribution.set_default_validate_args(not validate)
     try:
