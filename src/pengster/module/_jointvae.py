@@ -28,7 +28,7 @@ from pengster.nn._precision import autocast_off
 from . import _cell_factor, _pairs
 from ._bridge import bridge_posterior, shared_genes
 from ._constants import MODULE_KEYS
-from ._inputs import ENCODER_INPUTS, RNA_TARGET_SUM, clr
+from ._inputs import ENCODER_INPUTS
 from ._loss import interdependent_elbo
 
 _NORM = {"use_batch_norm": False, "use_layer_norm": True}
@@ -400,27 +400,6 @@ class JointVAEModule(BaseModuleClass):
             lib = library if library is not None else 1.0
             return self.decoders["atac"](z, cell_factor, lib, feature_mask, *categoricals)
         return self.decoders["protein"](z, categoricals[0], *categoricals)
-
-    def predicted_values(
-        self, modality, z, categoricals, feature_mask, cell_factor=None, *, cont_covs=None
-    ) -> torch.Tensor:
-        """The decoded mean of ``modality`` in its reporting scale (log1p per 10k, probability, CLR)."""
-        px, parts = self.decode(modality, z, categoricals, feature_mask, None, cell_factor, cont_covs=cont_covs)
-        if modality == "rna":
-            return torch.log1p(parts * RNA_TARGET_SUM)
-        if modality == "atac":
-            return parts
-        return clr(px.mean, feature_mask)
-
-    def denoised_values(
-        self, modality, z, categoricals, feature_mask, cell_factor=None, *, cont_covs=None
-    ) -> torch.Tensor:
-        """Like :meth:`predicted_values`, but protein without its background (foreground only)."""
-        if modality != "protein":
-            return self.predicted_values(modality, z, categoricals, feature_mask, cell_factor, cont_covs=cont_covs)
-        _, parts = self.decode(modality, z, categoricals, feature_mask, cont_covs=cont_covs)
-        foreground = (1.0 - parts["mixing"]) * parts["foreground"]
-        return clr(foreground, feature_mask)
 
     # ----------------------------------------------------------------------------------------- loss
     @autocast_off()
