@@ -40,6 +40,7 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax served with the site: equations render without a CDN
     "sphinx.ext.viewcode",
     "sphinx.ext.extlinks",
     "sphinx_autodoc_typehints",
@@ -146,6 +147,7 @@ html_theme = "sphinx_book_theme"
 html_title = "pengster"
 html_static_path = ["_static"]
 html_css_files = ["custom.css"]
+html_js_files = ["break_names.js"]
 html_favicon = "_static/favicon.svg"
 html_theme_options = {
     "repository_url": REPOSITORY,

@@ -37,3 +37,20 @@ def test_factor_bernoulli_log_likelihood_is_finite_at_extreme_logits():
     px = FactorBernoulli(logits, torch.zeros(3), torch.ones(1, 1))
     assert torch.isfinite(px.log_prob(torch.tensor([[1.0, 0.0, 0.0]]))).all()
     assert torch.isfinite(px.log_prob(torch.tensor([[0.0, 1.0, 1.0]]))).all()
+
+
+def test_factor_bernoulli_scores_posterior_samples_and_every_factor_like_torch_bernoulli():
+    # logits of several posterior draws (samples, cells, peaks) with one cell factor per cell; gradients of all three
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 20, 15, generator=generator, requires_grad=True)
+    region = torch.randn(15, generator=generator, requires_grad=True)
+    cell = torch.rand(20, 1, generator=generator).mul(0.9).add(0.05).requires_grad_()
+    value = (torch.rand(20, 15, generator=generator) < 0.3).float()
+    got = FactorBernoulli(logits, region, cell).log_prob(value)
+    probs = torch.sigmoid(logits) * torch.sigmoid(region) * cell
+    expected = Bernoulli(probs=probs).log_prob(value.expand_as(probs))
+    torch.testing.assert_close(got, expected)
+    for parameter in (logits, region, cell):
+        (grad_got,) = torch.autograd.grad(got.sum(), parameter, retain_graph=True)
+        (grad_expected,) = torch.autograd.grad(expected.sum(), parameter, retain_graph=True)
+        torch.testing.assert_close(grad_got, grad_expected)

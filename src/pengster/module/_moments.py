@@ -91,7 +91,8 @@ def reporting_moments(
         slope = (target_sum / library) / (1 + parts * target_sum)
         return value, count_variance * slope**2
     if modality == "atac":
-        return parts, parts * (1 - parts) if variance else None
+        probs = parts.probs
+        return probs, probs * (1 - probs) if variance else None
     if denoised:
         return clr((1.0 - parts["mixing"]) * parts["foreground"], feature_mask), None
     mean, count_variance = count_moments(px)

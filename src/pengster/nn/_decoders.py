@@ -112,14 +112,18 @@ class ATACDecoder(nn.Module):
         library: torch.Tensor,
         feature_mask: torch.Tensor,
         *categoricals: torch.Tensor,
-    ) -> tuple[Distribution, torch.Tensor]:
-        """Return ``(px, probabilities)``: the distribution and the accessibility probabilities."""
+    ) -> tuple[Distribution, FactorBernoulli]:
+        """Return ``(px, accessibility)``: the distribution, and the Bernoulli whose ``probs`` are the probabilities.
+
+        The probabilities are computed when first read: training scores ``px.log_prob`` only, which does not need
+        them for every peak.
+        """
         logits = self.output(_hidden(self.layers, z, *categoricals)).float()
         accessibility = FactorBernoulli(logits, self.region_logit, cell_factor, validate_args=False)
         if self.likelihood == "bernoulli":
-            return accessibility, accessibility.probs
+            return accessibility, accessibility
         rate = masked_normalize(accessibility.probs, feature_mask) * library + 1e-8
-        return Poisson(rate, validate_args=False), accessibility.probs
+        return Poisson(rate, validate_args=False), accessibility
 
 
 class CellFactorEncoder(nn.Module):
