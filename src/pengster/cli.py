@@ -76,7 +76,11 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     setup.add_argument("--dataset-key", help="obs column naming each cell's dataset (default: 'dataset' if present)")
     fit = train.add_argument_group("model and training")
     fit.add_argument("--n-latent", type=_positive_int, default=20)
-    fit.add_argument("--max-epochs", type=_positive_int, help="default: scvi-tools' heuristic from the cell count")
+    fit.add_argument(
+        "--max-epochs",
+        type=_positive_int,
+        help="default: about 1,000 optimizer steps, at least 20 epochs and at most scvi-tools' heuristic",
+    )
     fit.add_argument("--batch-size", type=_positive_int, help="cells per minibatch (default: chosen from the data)")
     fit.add_argument("--accelerator", default="auto", choices=_ACCELERATORS)
     fit.add_argument("--devices", default="auto", help="Lightning devices: auto, a count, or a list such as 0,1")

@@ -10,7 +10,6 @@ from typing import Literal
 import scvi
 import torch
 from mudata import MuData
-from scvi.model._utils import get_max_epochs_heuristic
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 from scvi.train import TrainRunner
 
@@ -21,7 +20,7 @@ from pengster.module import JointVAEModule
 from pengster.module._bridge import needs_bridge
 from pengster.train import JointTrainingPlan
 from pengster.train._callbacks import training_callbacks, training_guard
-from pengster.train._options import training_options
+from pengster.train._options import default_max_epochs, training_options
 
 from . import _setup
 from ._outputs import JointVAEOutputsMixin
@@ -284,9 +283,10 @@ class JointVAE(JointVAEOutputsMixin, SharingMixin, VAEMixin, UnsupervisedTrainin
     ):
         """Train with scvi-tools' training plan; every argument of :meth:`scvi.model.SCVI.train` is accepted.
 
-        Defaults that differ from scvi-tools: early stopping on ``validation_loss`` (patience 20), KL warm-up over
-        a quarter of ``max_epochs`` (at most 50 epochs), minibatches holding every dataset, and for a query model
-        (:meth:`load_query_data`) no weight decay. ``accelerator``, ``devices`` and ``strategy`` go to Lightning.
+        Defaults that differ from scvi-tools: ``max_epochs`` from a budget of optimizer steps (below), early
+        stopping on ``validation_loss`` (patience 20), KL warm-up over a quarter of ``max_epochs`` (at most 50
+        epochs), minibatches holding every dataset, and for a query model (:meth:`load_query_data`) no weight
+        decay. ``accelerator``, ``devices`` and ``strategy`` go to Lightning.
 
         Each training step is seeded from ``(scvi.settings.seed, epoch, minibatch)``; a NaN or infinite loss or gradient
         stops training with a :class:`FloatingPointError` naming the minibatch and where the non-finite values start,
@@ -298,7 +298,9 @@ class JointVAE(JointVAEOutputsMixin, SharingMixin, VAEMixin, UnsupervisedTrainin
         Parameters
         ----------
         max_epochs
-            Passes over the data (default: scvi-tools' heuristic from the number of cells).
+            Passes over the data. Default: enough epochs for about 1,000 optimizer steps, at least 20 and at most
+            scvi-tools' heuristic (400 epochs up to 20k cells, fewer above); see
+            :func:`pengster.train.default_max_epochs`. Early stopping usually ends training sooner.
         batch_size
             Cells per minibatch. Default: 256 up to 25k cells, doubling with the data above that (at most 2048),
             see ``pengster.train.auto_batch_size``. The learning rate is 3e-3 (chosen on a validation
@@ -325,8 +327,7 @@ class JointVAE(JointVAEOutputsMixin, SharingMixin, VAEMixin, UnsupervisedTrainin
         **kwargs
             Passed to scvi-tools' ``UnsupervisedTrainingMixin.train`` and Lightning's ``Trainer``.
         """
-        max_epochs = max_epochs or get_max_epochs_heuristic(self.adata.n_obs)
-        plan_kwargs = {"n_epochs_kl_warmup": max(1, min(50, max_epochs // 4)), **(plan_kwargs or {})}
+        plan_kwargs = dict(plan_kwargs or {})
         if getattr(self, "is_query_", False):
             # weight decay would move the frozen reference weights (their gradients are zeroed, not their decay)
             plan_kwargs.setdefault("weight_decay", 0.0)
@@ -354,12 +355,15 @@ class JointVAE(JointVAEOutputsMixin, SharingMixin, VAEMixin, UnsupervisedTrainin
             plan_kwargs=plan_kwargs,
             trainer_kwargs=kwargs,
         )
+        n_train = int(self.adata.n_obs * (kwargs.get("train_size") or 0.9))
+        steps_batch = batch_size or scvi.settings.batch_size
+        max_epochs = max_epochs or default_max_epochs(self.adata.n_obs, n_train, steps_batch)
+        plan_kwargs.setdefault("n_epochs_kl_warmup", max(1, min(50, max_epochs // 4)))
         # scvi-tools' Trainer sets torch.backends.cudnn.benchmark (a process-wide switch) to True: keep the user's
         kwargs.setdefault("benchmark", torch.backends.cudnn.benchmark)
         kwargs["callbacks"] = training_callbacks(self, checkpoint_dir, kwargs.get("callbacks"))
         # Lightning warns when an epoch has fewer minibatches than its logging interval (10); small data has fewer
-        n_train = int(self.adata.n_obs * (kwargs.get("train_size") or 0.9))
-        kwargs.setdefault("log_every_n_steps", max(1, min(10, n_train // (batch_size or scvi.settings.batch_size))))
+        kwargs.setdefault("log_every_n_steps", max(1, min(10, n_train // steps_batch)))
         with training_guard(checkpoint_dir):
             return super().train(
                 max_epochs=max_epochs,

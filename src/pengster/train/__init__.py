@@ -1,7 +1,7 @@
 """Training: scvi-tools' plan with the module's running statistics, callbacks, and the minibatch-size and LR rule."""
 
 from ._callbacks import FiniteLossCheck, ResumableCheckpoint, StepSeed
-from ._options import auto_batch_size, scaled_lr
+from ._options import auto_batch_size, default_max_epochs, scaled_lr
 from ._plan import JointTrainingPlan
 
 __all__ = [
@@ -10,5 +10,6 @@ __all__ = [
     "ResumableCheckpoint",
     "StepSeed",
     "auto_batch_size",
+    "default_max_epochs",
     "scaled_lr",
 ]

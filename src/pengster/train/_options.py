@@ -34,6 +34,29 @@ def scaled_lr(batch_size: int) -> float:
     return BASE_LR * math.sqrt(max(batch_size, BASE_BATCH_SIZE) / BASE_BATCH_SIZE)
 
 
+DEFAULT_STEPS = 1_000
+"""Optimizer steps the default ``max_epochs`` aims at (see :func:`default_max_epochs`)."""
+MIN_DEFAULT_EPOCHS = 20
+
+
+def default_max_epochs(n_cells: int, n_train_cells: int, batch_size: int) -> int:
+    """Epochs for about :data:`DEFAULT_STEPS` optimizer steps: at least 20, at most scvi-tools' heuristic.
+
+    What a stochastic-gradient fit reaches depends on its number of steps more than on its passes over the data. On
+    a validation split of SNARE-seq2's training nuclei (``benchmarks/results/training_length.md``) the cross-modal
+    predictions peak after 300-400 steps (the end of the KL warm-up) and slowly decline after; the benchmark's
+    BMMC trainings, where the learning rate was chosen, run 200-400 steps. 1,000 steps leave room for larger data,
+    and so do at least 20 epochs; early stopping on the validation loss ends training sooner. scvi-tools' heuristic
+    (400 epochs up to 20k cells, ``400 * 20k / n_cells`` above) is the upper
+    bound, so tiny data trains at most 400 epochs and atlases no longer than scvi-tools would train them.
+    """
+    steps_per_epoch = max(1, math.ceil(n_train_cells / max(batch_size, 1)))
+    by_steps = max(MIN_DEFAULT_EPOCHS, math.ceil(DEFAULT_STEPS / steps_per_epoch))
+    # scvi-tools' heuristic, written out: its function lives in a private module
+    heuristic = max(1, min(round(20_000 / max(n_cells, 1) * 400), 400))
+    return min(by_steps, heuristic)
+
+
 PRECISIONS = (None, 32, "32", "32-true", "bf16-mixed", "bf16")
 """Lightning ``precision`` values :meth:`~pengster.model.JointVAE.train` accepts: float32 or bf16 autocast."""
 
