@@ -15,11 +15,11 @@ torch.set_num_threads(1)
 
 
 def test_default_epochs_give_about_a_thousand_steps_within_scvi_tools_heuristic():
-    # 4,709 training cells in minibatches of 256: 19 steps an epoch, 53 epochs for 1,000 steps (not scvi-tools' 400)
-    assert default_max_epochs(5_232, 4_709, 256) == 53
-    # a few hundred cells: 2 steps an epoch would ask for 500 epochs; scvi-tools' heuristic caps them at 400
-    assert default_max_epochs(400, 360, 256) == 400
-    # 100k cells: 88 steps an epoch; 12 epochs would do 1,000 steps, but at least 20 epochs are trained
+    # 4,709 training cells in minibatches of 256: 19 steps an epoch, 27 epochs for 500 steps (not scvi-tools' 400)
+    assert default_max_epochs(5_232, 4_709, 256) == 27
+    # 100 cells: 1 step an epoch would ask for 500 epochs; scvi-tools' heuristic caps them at 400
+    assert default_max_epochs(100, 90, 256) == 400
+    # 100k cells: 88 steps an epoch; 6 epochs would do 500 steps, but at least 20 epochs are trained
     assert default_max_epochs(100_000, 90_000, 1_024) == 20
     # an atlas: scvi-tools' heuristic (400 * 20k / 1M = 8 epochs) is the upper bound
     assert default_max_epochs(1_000_000, 900_000, 2_048) == 8
@@ -38,7 +38,7 @@ def test_train_uses_the_default_epochs_and_warms_up_over_a_quarter_of_them(monke
 
     monkeypatch.setattr(UnsupervisedTrainingMixin, "train", record)
     model.train(max_epochs=explicit, batch_size=32)
-    # 300 cells, 270 of them training cells, in minibatches of 32: 9 steps an epoch, 112 epochs for 1,000 steps
-    expected = explicit or 112
+    # 300 cells, 270 of them training cells, in minibatches of 32: 9 steps an epoch, 56 epochs for 500 steps
+    expected = explicit or 56
     assert seen["max_epochs"] == expected
     assert seen["plan_kwargs"]["n_epochs_kl_warmup"] == max(1, expected // 4)

@@ -121,12 +121,13 @@ SETTINGS = {
 HARDWARE = {
     "H100": (
         "One NVIDIA H100 80GB HBM3 GPU",
-        "torch 2.11, scvi-tools 1.4.2, one CPU thread for the host side",
+        "pengster 0.1.0 (this table has not been re-measured with 0.2), torch 2.11, scvi-tools 1.4.2, one CPU thread "
+        "for the host side",
     ),
     "cpu-2core": (
         "CPU: a 2-core AMD EPYC (AVX2), no GPU",
-        "torch 2.13, scvi-tools 1.4.2, one torch thread (`OMP_NUM_THREADS=1`); each run in its own process on an "
-        "otherwise idle machine",
+        "pengster 0.2.0, torch 2.13, scvi-tools 1.4.2, one torch thread (`OMP_NUM_THREADS=1`); each run in its own "
+        "process on an otherwise idle machine",
     ),
 }
 

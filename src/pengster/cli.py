@@ -79,7 +79,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     fit.add_argument(
         "--max-epochs",
         type=_positive_int,
-        help="default: about 1,000 optimizer steps, at least 20 epochs and at most scvi-tools' heuristic",
+        help="default: about 500 optimizer steps, at least 20 epochs and at most scvi-tools' heuristic",
     )
     fit.add_argument("--batch-size", type=_positive_int, help="cells per minibatch (default: chosen from the data)")
     fit.add_argument("--accelerator", default="auto", choices=_ACCELERATORS)

@@ -298,7 +298,7 @@ class JointVAE(JointVAEOutputsMixin, SharingMixin, VAEMixin, UnsupervisedTrainin
         Parameters
         ----------
         max_epochs
-            Passes over the data. Default: enough epochs for about 1,000 optimizer steps, at least 20 and at most
+            Passes over the data. Default: enough epochs for about 500 optimizer steps, at least 20 and at most
             scvi-tools' heuristic (400 epochs up to 20k cells, fewer above); see
             :func:`pengster.train.default_max_epochs`. Early stopping usually ends training sooner.
         batch_size
