@@ -48,7 +48,8 @@ def test_tutorial_is_executed_with_the_installed_version(path):
         "".join(output.get("text", "")) for output in code_cells[0]["outputs"] if output["output_type"] == "stream"
     )
     assert f"pengster {pengster.__version__}" in printed, f"{path.name}: the first cell must print the version"
-    assert "torch threads: 1" in printed, f"{path.name}: the tutorials run on one CPU thread"
+    threads = notebook["metadata"]["pengster"].get("torch_threads")
+    assert f"torch threads: {threads}" in printed, f"{path.name}: executed with {threads} threads, it must say so"
     figures = [output for output in outputs if "image/png" in output.get("data", {})]
     assert figures, f"{path.name} stores no figure"
 

@@ -45,10 +45,17 @@ def strip_stderr(notebook: nbformat.NotebookNode) -> None:
 
     for cell in notebook.cells:
         if cell.cell_type == "code":
-            cell.outputs = [output for output in cell.outputs if kept(output)]
-            for output in cell.outputs:
+            outputs = []
+            for output in (output for output in cell.outputs if kept(output)):
+                # a progress bar prints each redraw as its own stream output: join them, then keep the last redraw
+                if output.output_type == "stream" and outputs and outputs[-1].get("name") == output.name:
+                    outputs[-1].text += output.text
+                else:
+                    outputs.append(output)
+            for output in outputs:
                 if output.output_type == "stream":
                     output.text = last_progress_line(output.text)
+            cell.outputs = outputs
 
 
 def last_progress_line(text: str) -> str:
