@@ -36,6 +36,7 @@ def test_merge_runs_replaces_a_method_seed_whole(accuracy):
     )
     new = pd.DataFrame(_rows("multivi", 0, 0.9))
     merged = accuracy.merge_runs([old, new]).set_index(["dataset", "task", "method", "seed", "metric"])["value"]
+    merged = merged.sort_index()
     # the new run replaces every row of its (dataset, method, seed), tasks it did not redo included
     assert merged.loc[("bmmc_cite", "GEX->ADT", "multivi", 0)].tolist() == [0.9, 0.9]
     assert ("bmmc_cite", "ADT->GEX", "multivi", 0) not in merged.droplevel("metric").index

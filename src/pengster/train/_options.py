@@ -40,7 +40,7 @@ MIN_DEFAULT_EPOCHS = 20
 
 
 def default_max_epochs(n_cells: int, n_train_cells: int, batch_size: int) -> int:
-    """Epochs for about :data:`DEFAULT_STEPS` optimizer steps: at least 20, at most scvi-tools' heuristic.
+    """Epochs for about 500 optimizer steps (``DEFAULT_STEPS``): at least 20, at most scvi-tools' heuristic.
 
     What a stochastic-gradient fit reaches depends on its number of steps more than on its passes over the data. On
     a validation split of SNARE-seq2's training nuclei (``benchmarks/results/training_length.md``) the cross-modal
