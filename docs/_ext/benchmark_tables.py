@@ -127,7 +127,7 @@ HARDWARE = {
     "cpu-2core": (
         "CPU: a 2-core AMD EPYC (AVX2), no GPU",
         "pengster 0.2.0, torch 2.13, scvi-tools 1.4.2, one torch thread (`OMP_NUM_THREADS=1`); each run in its own "
-        "process on an otherwise idle machine",
+        "process, timed by its CPU time",
     ),
 }
 

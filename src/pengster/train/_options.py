@@ -44,11 +44,11 @@ def default_max_epochs(n_cells: int, n_train_cells: int, batch_size: int) -> int
 
     What a stochastic-gradient fit reaches depends on its number of steps more than on its passes over the data. On
     a validation split of SNARE-seq2's training nuclei (``benchmarks/results/training_length.md``) the cross-modal
-    predictions peak after 300-400 steps and decline after (by a tenth at 1,000 steps); the benchmark's BMMC
-    trainings, on which the learning rate was chosen, run 200-400 steps. Larger data get at least 20 epochs, and
-    early stopping on the validation loss can end training sooner. scvi-tools' heuristic (400 epochs up to 20k
-    cells, ``400 * 20k / n_cells`` above) is the upper bound, so tiny data train at most 400 epochs and atlases no
-    longer than scvi-tools would train them.
+    predictions peak after 300-450 steps, where the validation loss is lowest, and decline after (by a tenth at
+    1,000 steps); the benchmark's BMMC trainings, on which the learning rate was chosen, run 200-400 steps. Larger
+    data get at least 20 epochs, and early stopping on the validation loss can end training sooner. scvi-tools'
+    heuristic (400 epochs up to 20k cells, ``400 * 20k / n_cells`` above) is the upper bound, so tiny data train at
+    most 400 epochs and atlases no longer than scvi-tools would train them.
     """
     steps_per_epoch = max(1, math.ceil(n_train_cells / max(batch_size, 1)))
     by_steps = max(MIN_DEFAULT_EPOCHS, math.ceil(DEFAULT_STEPS / steps_per_epoch))
