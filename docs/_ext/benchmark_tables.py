@@ -186,12 +186,13 @@ def _data_label(record: dict) -> str:
 
 def speed_tables(records: list[dict], notes: str) -> str:
     """Markdown: one table per hardware; rows of settings a user can choose (``SETTINGS``), peers next to them."""
-    measured = re.search(r"measured (\d{4}-\d\d-\d\d)", notes)
+    # the notes say "- `cpu-2core` rows: measured 2026-12-07 ..." for each hardware
+    measured = dict(re.findall(r"`?([\w-]+)`? rows: measured (\d{4}-\d\d-\d\d)", notes))
     out = []
     for hardware, (machine, software) in HARDWARE.items():
         rows = [r for r in records if r["hardware"] == hardware and (r["method"], r["variant"]) in SETTINGS]
         dates = {r["session"].split()[0] for r in rows if "session" in r}
-        date = ", ".join(sorted(dates)) if dates else (measured.group(1) if measured else "")
+        date = ", ".join(sorted(dates)) if dates else measured.get(hardware, "")
         rows.sort(key=lambda r: (r["dataset"] != "multiome", r["n_cells"], -r["n_peaks"], r["batch_size"], r["method"]))
         gpu = hardware != "cpu-2core"
         header = ["data: cells × peaks", "method", "setting", "batch", "cells/s"]
