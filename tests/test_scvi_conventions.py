@@ -33,36 +33,35 @@ def cite(data_dir):
     return pengster.datasets.bmmc_cite()
 
 
+def _set_up_and_train(mdata, **setup):
+    """setup_mudata as a scvi-tools tutorial calls it (the batch read from the RNA modality); the untrained ELBO."""
+    JointVAE.setup_mudata(mdata, batch_key="batch", **setup)
+    untrained_elbo = JointVAE(mdata).get_elbo()
+    model = JointVAE(mdata)
+    model.train(max_epochs=EPOCHS)
+    return model, untrained_elbo
+
+
 @pytest.fixture(scope="module")
 def multivi_like(multiome):
     """MULTIVI tutorial: setup_mudata with the batch read from the RNA modality, the model from the MuData alone."""
-    JointVAE.setup_mudata(
+    return _set_up_and_train(
         multiome,
         rna_layer="counts",
         atac_layer="counts",
-        batch_key="batch",
         modalities={"rna_layer": "rna", "atac_layer": "atac", "batch_key": "rna"},
     )
-    untrained_elbo = JointVAE(multiome).get_elbo()
-    model = JointVAE(multiome)
-    model.train(max_epochs=EPOCHS)
-    return model, untrained_elbo
 
 
 @pytest.fixture(scope="module")
 def totalvi_like(cite):
     """TOTALVI tutorial: RNA and protein counts layers, batch from the RNA modality."""
-    JointVAE.setup_mudata(
+    return _set_up_and_train(
         cite,
         rna_layer="counts",
         protein_layer="counts",
-        batch_key="batch",
         modalities={"rna_layer": "rna", "protein_layer": "prot", "batch_key": "rna"},
     )
-    untrained_elbo = JointVAE(cite).get_elbo()
-    model = JointVAE(cite)
-    model.train(max_epochs=EPOCHS)
-    return model, untrained_elbo
 
 
 # --------------------------------------------------------------------------------------------- MULTIVI tutorial

@@ -71,7 +71,7 @@ class FactorBernoulli(Distribution):
         where_open = (value > 0).expand(log_prob.shape).nonzero(as_tuple=True)
         *rows, peak = where_open
         # the cell factor has one column, broadcast over the peaks
-        cell_at_open = cell.expand(*log_prob.shape[:-1], 1)[(*rows, torch.zeros_like(peak))]
+        cell_at_open = cell.expand(*log_prob.shape[:-1], 1)[..., 0][tuple(rows)]
         log_open = F.logsigmoid(logits[where_open]) + torch.log(region[peak]) + torch.log(cell_at_open)
         return log_prob.index_put(where_open, log_open)
 
