@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Literal
@@ -21,6 +22,7 @@ from pengster.module._bridge import needs_bridge
 from pengster.train import JointTrainingPlan
 from pengster.train._callbacks import training_callbacks, training_guard
 from pengster.train._options import default_max_epochs, training_options
+from pengster.train._quiet import quiet_lightning
 
 from . import _setup
 from ._outputs import JointVAEOutputsMixin
@@ -327,6 +329,12 @@ class JointVAE(JointVAEOutputsMixin, SharingMixin, VAEMixin, UnsupervisedTrainin
         **kwargs
             Passed to scvi-tools' ``UnsupervisedTrainingMixin.train`` and Lightning's ``Trainer``.
         """
+        whole = isinstance(max_epochs, numbers.Integral) and not isinstance(max_epochs, bool)
+        if max_epochs is not None and not (whole and max_epochs >= 1):
+            raise ValueError(
+                f"max_epochs={max_epochs!r}; pass a whole number of passes over the data of at least 1, or None for "
+                "the default (pengster.train.default_max_epochs)."
+            )
         plan_kwargs = dict(plan_kwargs or {})
         if getattr(self, "is_query_", False):
             # weight decay would move the frozen reference weights (their gradients are zeroed, not their decay)
@@ -364,7 +372,7 @@ class JointVAE(JointVAEOutputsMixin, SharingMixin, VAEMixin, UnsupervisedTrainin
         kwargs["callbacks"] = training_callbacks(self, checkpoint_dir, kwargs.get("callbacks"))
         # Lightning warns when an epoch has fewer minibatches than its logging interval (10); small data has fewer
         kwargs.setdefault("log_every_n_steps", max(1, min(10, n_train // steps_batch)))
-        with training_guard(checkpoint_dir):
+        with training_guard(checkpoint_dir), quiet_lightning():
             return super().train(
                 max_epochs=max_epochs,
                 batch_size=batch_size,
