@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 from mudata import MuData
 
+from pengster._version import __version__
 from pengster.data._checks import feature_mismatch_message
 
 from ._save import (
@@ -78,8 +79,6 @@ def _invalid(path: Path, problem: str) -> InvalidSave:
 
 def read_saved(dir_path: str | os.PathLike, *, model_class: str) -> SavedModel:
     """Read and check a saved model; raises with the file and the fix when it is not one pengster wrote."""
-    import pengster
-
     folder = Path(dir_path)
     if not folder.is_dir():
         raise FileNotFoundError(f"{str(folder)!r} is not a folder; pass the dir_path given to {model_class}.save.")
@@ -106,7 +105,7 @@ def read_saved(dir_path: str | os.PathLike, *, model_class: str) -> SavedModel:
     if not isinstance(saved_format, int) or not 2 <= saved_format <= FORMAT_VERSION:
         raise ValueError(
             f"{str(folder)!r} was saved by pengster {saved_version} in format {saved_format}; this pengster "
-            f"{pengster.__version__} reads format {FORMAT_VERSION}. Load it with pengster {saved_version} "
+            f"{__version__} reads format {FORMAT_VERSION}. Load it with pengster {saved_version} "
             "(pip install pengster==<that version>), or upgrade pengster."
         )
     if manifest.get("model_class") != model_class:

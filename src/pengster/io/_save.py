@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pengster._version import __version__
+
 MANIFEST_NAME = "pengster.json"
 """File of a saved model's folder naming its versions, registry and checksums; written last."""
 
@@ -181,8 +183,6 @@ def write_folder(
     import torch
     from safetensors.torch import save_file
 
-    import pengster
-
     target = Path(dir_path)
     if target.exists() and not overwrite:
         raise ValueError(f"{str(target)!r} already exists; pass overwrite=True to replace it, or another dir_path.")
@@ -190,7 +190,7 @@ def write_folder(
         raise ValueError(f"{str(target)!r} is a file, not a folder; pass another dir_path.")
     manifest = {
         "format_version": FORMAT_VERSION,
-        "pengster_version": pengster.__version__,
+        "pengster_version": __version__,
         "scvi_tools_version": scvi.__version__,
         "torch_version": torch.__version__,
         "model_class": description["model_class"],

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 from mudata import MuData
 
+from pengster._version import __version__
+
 logger = logging.getLogger(__name__)
 
 MAX_DEFAULT_PEAKS = 10_000
@@ -133,8 +135,6 @@ def write_results(
     -------
     The keys written, by attribute (``obsm``, ``layers`` as ``'<mod>/<layer>'``, ``uns``).
     """
-    import pengster
-
     if np.dtype(dtype) not in [np.dtype(d) for d in DTYPES]:
         raise ValueError(f"dtype={dtype!r}; pass np.float32 or np.float16.")
     targets = default_targets(model) if targets is None else [targets] if isinstance(targets, str) else list(targets)
@@ -190,7 +190,7 @@ def write_results(
         mdata.mod[mod_key].layers[f"{key_added}_denoised"] = values
     written = [k for k in keys["obsm"] if k in results or k in predictions] + keys["layers"]
     mdata.uns[key_added] = {
-        "version": pengster.__version__,
+        "version": __version__,
         "model": json.dumps(model.init_params_, default=str),
         "modalities": json.dumps(model.modalities),
         "scales": json.dumps({"rna": "log1p counts per 10k", "atac": "probability", "protein": "CLR of counts"}),
