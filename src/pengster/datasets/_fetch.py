@@ -10,12 +10,10 @@ from pathlib import Path
 
 import pooch
 
+from ._download import DATA_DIR_ENV, retrieve
 from ._snareseq2 import download_mop_snareseq2
 
 logger = logging.getLogger(__name__)
-
-DATA_DIR_ENV = "PENGSTER_DATA_DIR"
-"""Environment variable naming a folder that already holds the dataset files."""
 
 _OPENPROBLEMS = (
     "https://raw.githubusercontent.com/openproblems-bio/neurips2021_multimodal_viash/edaa87933/resources_test/common"
@@ -97,6 +95,8 @@ def fetch(file_name: str) -> Path:
     ------
     FileNotFoundError
         When the file is not in ``$PENGSTER_DATA_DIR`` and has no public download.
+    ConnectionError
+        When the file is not in ``$PENGSTER_DATA_DIR`` and the download fails; the message names the variable.
     """
     data_dir = os.environ.get(DATA_DIR_ENV)
     if data_dir:
@@ -115,7 +115,8 @@ def fetch(file_name: str) -> Path:
             f"Set {DATA_DIR_ENV} to a folder holding {file_name}; it was built from {SOURCES[file_name]}."
         )
     processor = pooch.Unzip(members=[remote.member]) if remote.member else None
-    downloaded = pooch.retrieve(
+    downloaded = retrieve(
+        file_name,
         url=remote.url,
         known_hash=f"sha256:{remote.sha256}",
         fname=file_name if remote.member is None else Path(remote.url).name,

@@ -16,6 +16,8 @@ import pandas as pd
 import pooch
 import scipy.sparse as sp
 
+from ._download import retrieve
+
 logger = logging.getLogger(__name__)
 
 FILE_NAME = "mop_snareseq2_dev.h5mu"
@@ -247,6 +249,8 @@ def download_mop_snareseq2(*, base_url: str | None = None, cache_dir: Path | str
     ------
     ValueError
         When the assembled MuData's :func:`content_sha256` differs from :data:`CONTENT_SHA256`.
+    ConnectionError
+        When a raw file cannot be downloaded; the message names ``$PENGSTER_DATA_DIR``.
     """
     base_url = (base_url or RAW_BASE_URL).rstrip("/")
     cache_dir = Path(cache_dir) if cache_dir is not None else Path(pooch.os_cache("pengster"))
@@ -259,7 +263,8 @@ def download_mop_snareseq2(*, base_url: str | None = None, cache_dir: Path | str
         # known_hash=None: GitHub could not be reached where this downloader was written, so the raw files' own
         # sha256 are unknown; integrity is checked on the assembled content (CONTENT_SHA256) instead, and pooch
         # logs each downloaded file's sha256.
-        pooch.retrieve(
+        retrieve(
+            FILE_NAME,
             url=f"{base_url}/{commit}/{RAW_FOLDER}/{name}",
             known_hash=None,
             fname=name,
