@@ -54,6 +54,35 @@ def _scores(observed: np.ndarray, predicted: np.ndarray, *, binary: bool = False
     return scores
 
 
+_NOT_SCORED = {"auroc": "AUROC scores open/closed (binary) targets, so only RNA->ATAC has one"}
+"""Why a metric has no value in a row of the table."""
+
+
+def format_metrics(table: pd.DataFrame, *, digits: int = 3) -> str:
+    """The metrics table as the demo prints it: no NaN cells.
+
+    A metric with no value in any row is left out; a missing value is shown as ``-``, explained on a line under the
+    table.
+
+    Parameters
+    ----------
+    table
+        One row per task, one column per metric (:func:`run_demo`'s return value).
+    digits
+        Decimal places of the values.
+
+    Returns
+    -------
+    The table and, when a cell shows ``-``, one line per such metric saying why.
+    """
+    shown = table.loc[:, table.notna().any()]
+    text = shown.map(lambda value: "-" if pd.isna(value) else f"{value:.{digits}f}").to_string()
+    for metric in shown.columns[shown.isna().any()]:
+        reason = _NOT_SCORED.get(metric, "not defined for those cells (e.g. constant observed or predicted values)")
+        text += f"\n- in {metric}: {reason}"
+    return text
+
+
 def _dense(matrix) -> np.ndarray:
     return np.asarray(matrix.toarray() if hasattr(matrix, "toarray") else matrix, dtype=np.float64)
 
@@ -171,7 +200,7 @@ def run_demo(out_dir: str | Path = "demo_output", *, max_epochs: int = 300, seed
         f"\nJointVAE on the BMMC multiome + CITE-seq mosaic: {mdata.n_obs} cells, "
         f"{len(model.history['train_loss'])} epochs"
     )
-    print(table.round(3).to_string())
+    print(format_metrics(table))
     print(
         f"\nwrote {out_dir / 'pengster_demo.h5mu'}, {out_dir / 'umap.png'}; wall time {elapsed:.0f} s "
         f"(torch threads: {threads})"
