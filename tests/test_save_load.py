@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import pengster
-from pengster.io._save import FORMAT_VERSION, MANIFEST_NAME, InvalidSave, from_json, sha256, to_json
+from pengster.io._save import (
+    DATA_FILE,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    WEIGHTS_FILE,
+    InvalidSave,
+    from_json,
+    sha256,
+    to_json,
+)
 from pengster.model import JointVAE, convert_legacy
 from pengster.model._legacy import setup_args_for
 
@@ -107,6 +117,28 @@ def test_save_load_round_trips_exactly(trained, tmp_path, save_anndata):
         np.testing.assert_array_equal(
             model.predict(target="protein").to_numpy(), loaded.predict(target="protein").to_numpy()
         )
+
+
+@pytest.mark.parametrize(("umask", "folder_mode", "file_mode"), [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
+def test_a_save_has_the_modes_the_umask_gives(trained, tmp_path, umask, folder_mode, file_mode):
+    """The folder and its files are as readable as anything else the user writes: no more, no less."""
+    _, model = trained
+    previous = os.umask(umask)  # the user's umask, for this save only
+    try:
+        model.save(tmp_path / "model", save_anndata=True)
+        model.save(tmp_path / "model", overwrite=True, save_anndata=True)  # a replacing save too
+        model.save(tmp_path / "deeper" / "model")  # and the parent folders it creates
+    finally:
+        os.umask(previous)
+    for folder in (tmp_path / "model", tmp_path / "deeper", tmp_path / "deeper" / "model"):
+        assert stat.S_IMODE(folder.stat().st_mode) == folder_mode, folder
+    for folder, files in (
+        (tmp_path / "model", [WEIGHTS_FILE, DATA_FILE]),
+        (tmp_path / "deeper" / "model", [WEIGHTS_FILE]),
+    ):
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in folder.iterdir()}
+        assert modes == dict.fromkeys([*files, MANIFEST_NAME], file_mode), folder
+    assert sorted(os.listdir(tmp_path)) == ["deeper", "model"]  # no staging folder left behind
 
 
 def test_load_with_part_of_the_data(trained, tmp_path):

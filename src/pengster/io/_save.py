@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
+import stat
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -202,20 +202,22 @@ def write_folder(
     # safetensors refuses tensors that share memory or are not contiguous: each is written as its own copy
     tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in state_dict.items()}
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+    staging = _new_folder(target.parent, f".{target.name}.saving-")
     try:
         save_file(tensors, str(staging / WEIGHTS_FILE), **(save_kwargs or {}))
         if write_data is not None:
             write_data(staging / DATA_FILE)
-        manifest["files"] = {
-            path.name: {"sha256": sha256(path), "bytes": path.stat().st_size}
-            for path in (staging / WEIGHTS_FILE, staging / DATA_FILE)
-            if path.exists()
-        }
+        written = [path for path in (staging / WEIGHTS_FILE, staging / DATA_FILE) if path.exists()]
+        manifest["files"] = {path.name: {"sha256": sha256(path), "bytes": path.stat().st_size} for path in written}
         with open(staging / MANIFEST_NAME, "w") as handle:
             handle.write(json.dumps(manifest, indent=1))
             handle.flush()
             os.fsync(handle.fileno())
+        # safetensors writes its file private (0o600) whatever the umask; the manifest, opened plainly, has the mode
+        # that the user's umask gives a new file: so should every file of the save
+        file_mode = stat.S_IMODE((staging / MANIFEST_NAME).stat().st_mode)
+        for path in written:
+            os.chmod(path, file_mode)
         if target.exists():
             # POSIX cannot swap two folders in one step: move the old one aside, then the new one in
             retired = target.with_name(f".{target.name}.replaced-{uuid.uuid4().hex[:8]}")
@@ -228,6 +230,21 @@ def write_folder(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _new_folder(parent: Path, prefix: str) -> Path:
+    """Create an empty folder ``<parent>/<prefix><random>`` with the mode the user's umask gives new folders.
+
+    ``tempfile.mkdtemp`` makes its folder private (0o700), and a rename keeps that mode: a save would not be readable
+    by the people the user's umask lets read their files.
+    """
+    while True:
+        path = parent / f"{prefix}{uuid.uuid4().hex[:12]}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
 
 
 def detached_copy(mdata):
