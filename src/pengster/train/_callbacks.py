@@ -22,6 +22,7 @@ from scvi.train import SaveCheckpoint
 
 from pengster._constants import REGISTRY_KEYS
 from pengster.module._alignment import contrastive_loss
+from pengster.module._constants import MODULE_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -200,26 +201,26 @@ def diagnose(module, tensors: Mapping[str, torch.Tensor]) -> list[str]:
             # scvi-tools' likelihoods warn of counts outside their support: the counts being diagnosed
             warnings.simplefilter("ignore", UserWarning)
             inference, generative = module.forward(tensors, compute_loss=False)
-            has = inference["has"]
-            for modality, (mean, variance) in inference["experts"].items():
+            has = inference[MODULE_KEYS.HAS]
+            for modality, (mean, variance) in inference[MODULE_KEYS.EXPERTS].items():
                 rows = has[modality] > 0
                 bad = ~(torch.isfinite(mean) & torch.isfinite(variance)).all(-1) & rows
                 if bad.any():
                     parts.append(f"the {modality!r} encoder, for {int(bad.sum())} cells")
             panel = tensors[REGISTRY_KEYS.PANEL].long().to(module.device)
-            for modality, output in generative["px"].items():
+            for modality, output in generative[MODULE_KEYS.PX].items():
                 if output is None:
                     continue
-                _, cell, _ = generative["pairs"][modality]
+                _, cell, _ = generative[MODULE_KEYS.PAIRS][modality]
                 target = tensors[REGISTRY_KEYS.counts(modality)].to(module.device)[cell].float()
                 log_prob = output[0].log_prob(target) * module.feature_mask(modality, panel[cell])
                 bad_cells = torch.unique(cell[~torch.isfinite(log_prob).all(-1)])
                 if bad_cells.numel():
                     parts.append(f"the {modality!r} reconstruction, for {bad_cells.numel()} cells")
-            qz = inference["qz"]
+            qz = inference[MODULE_KEYS.QZ]
             if not (torch.isfinite(qz.loc).all() and torch.isfinite(qz.scale).all()):
                 parts.append("the KL term (posterior)")
-            if not torch.isfinite(contrastive_loss(module, inference["experts"], has)):
+            if not torch.isfinite(contrastive_loss(module, inference[MODULE_KEYS.EXPERTS], has)):
                 parts.append("the contrastive term")
     except Exception as error:  # noqa: BLE001 - the diagnosis must never hide the original problem
         parts.append(f"(the diagnosis itself failed: {type(error).__name__}: {error})")
