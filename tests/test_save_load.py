@@ -356,6 +356,18 @@ def test_0_1_setup_arguments_take_the_form_of_the_current_setup_mudata(trained):
     assert setup_args_for(JointVAE.setup_mudata, model.registry_) == model.registry_["setup_args"]
 
 
+def test_a_save_holding_setup_arguments_in_the_0_1_form_is_refused(trained, tmp_path):
+    """convert_legacy translates 0.1's setup arguments when it writes a save; a save still holding them is invalid."""
+    mdata, model = trained
+    model.save(tmp_path / "model")
+    manifest_path = tmp_path / "model" / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    manifest["registry"]["setup_args"] = {"modalities": None, "layers": {"rna": "counts"}, "batch_key": "batch"}
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(InvalidSave, match=r"setup arguments are in pengster 0\.1's form .*convert_legacy"):
+        JointVAE.load(str(tmp_path / "model"), adata=mdata)
+
+
 def test_query_model_from_a_saved_reference_saves_and_loads_as_a_query_model(trained, tmp_path):
     mdata, model = trained
     model.save(tmp_path / "reference")

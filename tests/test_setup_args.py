@@ -13,6 +13,7 @@ from torch.distributions import Normal, kl_divergence
 from pengster._constants import REGISTRY_KEYS
 from pengster.data import synthetic_mosaic
 from pengster.model import JointVAE
+from pengster.model._legacy import setup_args_for
 
 torch.set_num_threads(1)
 
@@ -159,8 +160,9 @@ def test_modalities_none_finds_the_usual_keys_and_honours_layers():
     assert model.adata_manager.registry["setup_args"]["rna_layer"] == "counts"
 
 
-def test_a_setup_saved_in_the_0_1_form_is_read_in_the_new_form(cite_model):
-    """JointVAE.load passes a saved model's setup arguments back to setup_mudata; pengster 0.1 saved the old form."""
+def test_a_0_1_registry_reaches_setup_only_as_convert_legacy_translates_it(cite_model):
+    """pengster 0.1 saved its setup arguments in the old form; convert_legacy translates them (the one translator),
+    and setup_mudata takes the result. The old form itself is a user's call, refused with or without a registry."""
     import copy
 
     registry = copy.deepcopy(cite_model.adata_manager.registry)
@@ -174,12 +176,76 @@ def test_a_setup_saved_in_the_0_1_form_is_read_in_the_new_form(cite_model):
         "dataset_key": None,
     }
     registry["setup_args"] = old_args
+    translated = setup_args_for(JointVAE.setup_mudata, registry)
+    assert translated == {
+        "rna_layer": "counts",
+        "protein_layer": "counts",
+        "batch_key": "batch",
+        "categorical_covariate_keys": None,
+        "dataset_key": None,
+        "modalities": PAIRED,
+    }
     mdata = _cite()
-    JointVAE.setup_mudata(mdata, source_registry=registry, **old_args)
+    JointVAE.setup_mudata(mdata, source_registry=registry, **translated)
     model = JointVAE(mdata, n_latent=4, n_hidden=16, dropout_rate=0.0)
     args = model.adata_manager.registry["setup_args"]
     assert (args["rna_layer"], args["protein_layer"]) == ("counts", "counts")
     assert args["modalities"] == PAIRED and "layers" not in args
-    # the same call without a saved registry is a user's call in the removed form
-    with pytest.raises(TypeError, match=r"form is gone.*rna_layer='counts', protein_layer='counts'"):
-        JointVAE.setup_mudata(_cite(), **old_args)
+    for registry_kwargs in ({}, {"source_registry": registry}):
+        with pytest.raises(TypeError, match=r"form is gone.*rna_layer='counts', protein_layer='counts'"):
+            JointVAE.setup_mudata(_cite(), **old_args, **registry_kwargs)
+
+
+def _with_covariates(seed: int):
+    mdata = _cite(seed=seed)
+    mdata.obs["pct_mito"] = np.linspace(0.0, 10.0, mdata.n_obs)
+    mdata.obs["size_factor"] = np.asarray(mdata.mod["rna"].layers["counts"].sum(1)).ravel() + 1.0
+    mdata.obs["donor"] = np.where(np.arange(mdata.n_obs) % 3 == 0, "donor_1", "donor_2")
+    mdata.obs["run"] = np.where(np.arange(mdata.n_obs) % 2 == 0, "run_a", "run_b")
+    return mdata
+
+
+@pytest.mark.parametrize(
+    ("old_form", "current_form", "error"),
+    [
+        (
+            {"modalities": {"rna": "rna", "protein": "prot"}, "layers": {"rna": "counts", "protein": "counts"}},
+            {"rna_layer": "counts", "protein_layer": "counts", "modalities": PAIRED},
+            TypeError,
+        ),
+        ({"modalities": {"rna": "rna", "protein": "prot"}}, {"modalities": PAIRED}, ValueError),
+    ],
+)
+def test_the_call_suggested_for_the_0_1_form_keeps_every_argument(old_form, current_form, error):
+    """Pasting the call that the error suggests sets up the model that the user asked for, covariates and all."""
+    import re
+
+    passed = {
+        "batch_key": "batch",
+        "dataset_key": "run",
+        "size_factor_key": "size_factor",
+        "categorical_covariate_keys": ["donor"],
+        "continuous_covariate_keys": ["pct_mito"],
+    }
+    mdata = _with_covariates(seed=3)
+    with pytest.raises(error, match="form is gone") as raised:
+        JointVAE.setup_mudata(mdata, **old_form, **passed)
+    call = re.search(r"; call (JointVAE\.setup_mudata\(mdata, .*\))\.$", str(raised.value)).group(1)
+    for name, value in passed.items():
+        assert f"{name}={value!r}" in call
+    eval(call, {"JointVAE": JointVAE, "mdata": mdata})  # what the user pastes
+    pasted = JointVAE(mdata, n_latent=4, n_hidden=16)
+    intended_data = _with_covariates(seed=3)
+    JointVAE.setup_mudata(intended_data, **current_form, **passed)
+    intended = JointVAE(intended_data, n_latent=4, n_hidden=16)
+    assert pasted.adata_manager.registry["setup_args"] == intended.adata_manager.registry["setup_args"]
+    assert pasted.summary_stats == intended.summary_stats
+    assert pasted.summary_stats[f"n_{REGISTRY_KEYS.CONT_COVS}"] == 1 and pasted.summary_stats["n_batch"] == 2
+    for key in (REGISTRY_KEYS.BATCH, REGISTRY_KEYS.PANEL, REGISTRY_KEYS.CAT_COVS, REGISTRY_KEYS.CONT_COVS):
+        np.testing.assert_array_equal(
+            np.asarray(pasted.adata_manager.get_from_registry(key)),
+            np.asarray(intended.adata_manager.get_from_registry(key)),
+        )
+    np.testing.assert_array_equal(
+        pasted.adata_manager.get_from_registry(REGISTRY_KEYS.SIZE_FACTOR).ravel(), mdata.obs["size_factor"]
+    )

@@ -161,7 +161,7 @@ def _parse_modalities(text: str | None, mdata, error) -> dict[str, str] | None:
 
 
 def _check_setup_flags(args: argparse.Namespace, mdata, modalities: dict[str, str] | None, error) -> None:
-    from pengster.model._setup import default_modalities
+    from pengster.data._prepare import default_modalities
 
     if modalities is None:
         try:

@@ -57,33 +57,6 @@ def default_modalities(mdata: MuData) -> dict[str, str]:
     return found
 
 
-def old_form_message(modalities: Mapping | None, layers: Mapping | None) -> str:
-    """The ``setup_mudata`` call of the removed ``modalities={'rna': ...}, layers={...}`` form, in the new form."""
-    modalities = dict(modalities or {})
-    layers = dict(layers or {})
-    arguments = [f"{_checks.LAYER_ARGUMENTS[m]}={layers[m]!r}" for m in MODALITIES if layers.get(m) is not None]
-    mapping = {_checks.LAYER_ARGUMENTS.get(m, m): key for m, key in modalities.items()} or {"rna_layer": "rna"}
-    call = ", ".join(["mdata", *arguments, f"modalities={mapping}"])
-    return (
-        "setup_mudata takes scvi-tools' arguments since pengster 0.2 (as MULTIVI and TOTALVI): the counts layer of "
-        "each modality is rna_layer=, atac_layer=, protein_layer= (None: .X), and modalities maps those argument "
-        "names to keys of mdata.mod. The modalities={'rna': ...}, layers={...} form is gone; call "
-        f"JointVAE.setup_mudata({call})."
-    )
-
-
-def saved_setup_args(setup_args: Mapping) -> dict:
-    """A model's saved ``setup_mudata`` arguments in the current form (pengster 0.1 saved ``modalities``/``layers``)."""
-    setup_args = dict(setup_args)
-    if "layers" not in setup_args:
-        return setup_args
-    layers = setup_args.pop("layers") or {}
-    modalities = setup_args.pop("modalities") or {}
-    setup_args.update({_checks.LAYER_ARGUMENTS[m]: layers.get(m) for m in MODALITIES})
-    setup_args["modalities"] = {_checks.LAYER_ARGUMENTS[m]: key for m, key in modalities.items()} or None
-    return setup_args
-
-
 @dataclass(frozen=True)
 class Resolved:
     """What ``setup_mudata``'s arguments say about one MuData."""
@@ -102,10 +75,6 @@ def resolve(mdata: MuData, setup_args: Mapping, *, modalities: Mapping[str, str]
     ``modalities`` (modality -> mod key) overrides the one derived from ``setup_args`` (a trained model's own).
     """
     mdata = _checks.check_mudata(mdata)
-    if "layers" in setup_args or (
-        isinstance(setup_args.get("modalities"), Mapping) and set(setup_args["modalities"]) & set(MODALITIES)
-    ):
-        raise ValueError(old_form_message(setup_args.get("modalities"), setup_args.get("layers")))
     by_argument = setup_args.get("modalities")
     if by_argument is None:
         by_argument = {_checks.LAYER_ARGUMENTS[m]: key for m, key in default_modalities(mdata).items()}

@@ -167,6 +167,12 @@ def _check_structure(path: Path, body: dict, model_class: str) -> dict[str, pd.I
         raise _invalid(path, f"its registry is not the registry of a {model_class}")
     if not isinstance(registry.get("setup_args"), dict) or not isinstance(registry.get("field_registries"), dict):
         raise _invalid(path, "its registry has no setup arguments or fields")
+    if "layers" in registry["setup_args"]:
+        raise _invalid(
+            path,
+            "its setup arguments are in pengster 0.1's form (layers=...), which pengster.model.convert_legacy "
+            "translates when it writes a save",
+        )
     try:
         modalities = registry_modalities(registry)
     except (KeyError, TypeError, AttributeError):
@@ -267,8 +273,8 @@ def load_model(cls, dir_path: str | os.PathLike, adata: MuData | None, *, accele
     # the module is sized by the data's batches and datasets; ``adata`` may hold fewer than the registry (a query
     # model's data without the reference cells, a subset of the training data): size it by the saved tensors, which
     # load_state_dict puts in place anyway
-    prepared = cls._store.get(adata)
-    cls._store.put(
+    prepared = cls._prepared(adata)
+    cls._remember(
         adata,
         dataclasses.replace(
             prepared,

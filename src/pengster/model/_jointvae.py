@@ -16,6 +16,7 @@ from scvi.train import TrainRunner
 
 from pengster._constants import REGISTRY_KEYS
 from pengster.data import _checks
+from pengster.data._prepare import Prepared, prepare_from_args, resolve_dataset_key
 from pengster.dataloaders import MosaicDataSplitter
 from pengster.module import JointVAEModule
 from pengster.module._bridge import needs_bridge
@@ -24,7 +25,7 @@ from pengster.train._callbacks import training_callbacks, training_guard
 from pengster.train._options import default_max_epochs, training_options
 from pengster.train._quiet import quiet_lightning
 
-from . import _setup
+from . import _legacy, _setup
 from ._outputs import JointVAEOutputsMixin
 from ._sharing import SharingMixin
 
@@ -123,7 +124,7 @@ class JointVAE(JointVAEOutputsMixin, SharingMixin, VAEMixin, UnsupervisedTrainin
         bridge_weight: float | None = None,
         cross_terms: Literal["all", "sampled", "single"] = "all",
     ):
-        prepared = self._store.get(mdata)
+        prepared = self._prepared(mdata)
         if prepared is None:
             raise ValueError("mdata is not set up; call pengster.model.JointVAE.setup_mudata(mdata, ...) first.")
         super().__init__(prepared.aligned)
@@ -235,31 +236,37 @@ class JointVAE(JointVAEOutputsMixin, SharingMixin, VAEMixin, UnsupervisedTrainin
         ...     modalities={"rna_layer": "rna", "protein_layer": "prot"},
         ... )
         """
-        if "layers" in kwargs:
-            layers = kwargs.pop("layers")
-            if "source_registry" not in kwargs:
-                raise TypeError(_setup.old_form_message(modalities, layers))
-            # JointVAE.load of a model saved by pengster 0.1, whose saved setup arguments are in the 0.1 form
-            saved = {"modalities": modalities, "layers": layers, "batch_key": batch_key, "dataset_key": dataset_key}
-            saved["categorical_covariate_keys"] = categorical_covariate_keys
-            return cls.setup_mudata(mdata, **_setup.saved_setup_args(saved), **kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
-        prepared = _setup.prepare_from_args(mdata, setup_method_args["setup_args"])
+        if "layers" in kwargs or _legacy.is_0_1_form(modalities):
+            # a 0.1 registry reaches setup only through convert_legacy, which translates it: this is a user's call
+            error = TypeError if "layers" in kwargs else ValueError
+            raise error(_legacy.old_form_message({**setup_method_args["setup_args"], "layers": kwargs.get("layers")}))
+        prepared = prepare_from_args(mdata, setup_method_args["setup_args"])
         manager = _setup.register(prepared, setup_method_args, **kwargs)
         cls.register_manager(manager)
+        cls._remember(mdata, prepared)
+
+    @classmethod
+    def _prepared(cls, mdata: MuData) -> Prepared | None:
+        """The aligned view of ``mdata`` that setup, loading or reference mapping built; None if never set up."""
+        return cls._store.get(mdata)
+
+    @classmethod
+    def _remember(cls, mdata: MuData, prepared: Prepared) -> None:
+        """Keep ``prepared`` as the aligned view of ``mdata`` (held weakly by ``mdata``'s identity)."""
         cls._store.put(mdata, prepared)
 
     def _validate_anndata(self, adata: MuData | None = None, copy_if_view: bool = True) -> MuData:
         """Map a user's MuData to its registered aligned view (set up with the saved arguments on first use)."""
         if adata is None or adata is self.mdata or adata is self.adata:
             return super()._validate_anndata(self.adata, copy_if_view=copy_if_view)
-        args = _setup.saved_setup_args(self.adata_manager._registry["setup_args"])
-        prepared = self._store.get(adata)
+        args = self.adata_manager.registry["setup_args"]
+        prepared = self._prepared(adata)
         if prepared is None:
             reference = {key: self.adata.mod[key].var_names for key in self.modalities.values()}
-            prepared = _setup.prepare_from_args(adata, args, modalities=self.modalities, reference_var_names=reference)
-            self._store.put(adata, prepared)
-        resolved = {**args, "dataset_key": _setup.resolve_dataset_key(adata, args["dataset_key"])}
+            prepared = prepare_from_args(adata, args, modalities=self.modalities, reference_var_names=reference)
+            self._remember(adata, prepared)
+        resolved = {**args, "dataset_key": resolve_dataset_key(adata, args["dataset_key"])}
         _checks.check_registered_categories(prepared.aligned.obs, self.adata_manager, resolved)
         if self.get_anndata_manager(prepared.aligned) is None:
             # the aligned view is ours and is always registered this way; scvi-tools would log that it does it

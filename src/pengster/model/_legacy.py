@@ -132,21 +132,65 @@ def _read_pickled(path: Path) -> tuple[dict, dict]:
     return description, state_dict
 
 
+MODALITIES_0_1 = ("rna", "atac", "protein")
+"""The modalities of pengster 0.1, whose ``setup_mudata`` keyed ``modalities`` and ``layers`` by them."""
+
+
+def is_0_1_form(modalities) -> bool:
+    """Whether ``setup_mudata``'s ``modalities`` is keyed by modality names, as pengster 0.1 took it."""
+    return isinstance(modalities, Mapping) and any(key in MODALITIES_0_1 for key in modalities)
+
+
+def _layer_argument(key: str) -> str:
+    return f"{key}_layer" if key in MODALITIES_0_1 else key
+
+
+def setup_args_from_0_1(args: Mapping, modalities: Mapping[str, str] | None = None) -> dict:
+    """Setup arguments in pengster 0.1's form, in the current (scvi-tools') form; the one translator of that form.
+
+    0.1 took ``modalities={"rna": "rna", ...}, layers={"rna": "counts", ...}``; the current form is
+    ``rna_layer="counts", ..., modalities={"rna_layer": "rna", ...}``. ``modalities`` (modality -> ``mdata.mod``
+    key, as a registry records them) replaces the ``modalities`` of ``args``, whose None meant the usual keys (as it
+    does now). Every other argument is kept as it is, arguments already in the current form too.
+    """
+    args = dict(args)
+    layers = dict(args.pop("layers", None) or {})
+    given = args.pop("modalities", None)
+    mapping = (given or None) if modalities is None else modalities
+    by_argument = None if mapping is None else {_layer_argument(key): mod_key for key, mod_key in mapping.items()}
+    for modality in MODALITIES_0_1:
+        argument = _layer_argument(modality)
+        mapped = by_argument is None or argument in by_argument
+        if mapped and layers.get(modality) is not None:
+            args[argument] = layers[modality]
+        elif by_argument is not None and argument in by_argument:
+            args.setdefault(argument, None)
+    args["modalities"] = by_argument
+    return args
+
+
 def setup_args_for(setup_mudata: Callable, registry: Mapping) -> dict:
     """The setup arguments of a 0.1 registry, in the form that ``setup_mudata`` takes.
 
-    0.1 registered ``modalities={"rna": "rna", ...}, layers={"rna": "counts", ...}``; the scvi-tools form is
-    ``rna_layer="counts", ..., modalities={"rna_layer": "rna", ...}``. Arguments already in the form that
-    ``setup_mudata`` takes are returned as they are.
+    The registry's count fields say which modalities were registered (0.1's ``modalities=None`` meant the usual
+    keys). Arguments already in the form that ``setup_mudata`` takes are returned as they are.
     """
     args = dict(registry["setup_args"])
     parameters = inspect.signature(setup_mudata).parameters
     if "layers" not in args or "layers" in parameters or "rna_layer" not in parameters:
         return args
-    layers = args.pop("layers") or {}
-    args.pop("modalities", None)  # None meant "the usual keys": the registry says which were found
-    modalities = registry_modalities(registry)
-    for modality in modalities:
-        args[f"{modality}_layer"] = layers.get(modality)
-    args["modalities"] = {f"{modality}_layer": mod_key for modality, mod_key in modalities.items()}
-    return args
+    return setup_args_from_0_1(args, registry_modalities(registry))
+
+
+def old_form_message(args: Mapping) -> str:
+    """Why ``setup_mudata`` refuses ``args`` in pengster 0.1's form, with the call that sets up the same model now."""
+    current = setup_args_from_0_1(args)
+    mapping = current.pop("modalities")
+    arguments = [f"{name}={value!r}" for name, value in current.items() if value is not None]
+    call = ", ".join(["mdata", *arguments, *([] if mapping is None else [f"modalities={mapping}"])])
+    return (
+        "setup_mudata takes scvi-tools' arguments since pengster 0.2 (as MULTIVI and TOTALVI): the counts layer of "
+        "each modality is rna_layer=, atac_layer=, protein_layer= (None: .X), and modalities maps those argument "
+        "names to keys of mdata.mod. The modalities={'rna': ...}, layers={...} form is gone; call "
+        f"JointVAE.setup_mudata({call})."
+    )

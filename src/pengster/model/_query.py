@@ -25,6 +25,7 @@ from torch import nn
 
 from pengster._constants import REGISTRY_KEYS
 from pengster.data import _align
+from pengster.data._prepare import Prepared, prepare_from_args
 from pengster.data._query import is_prepared, prepare_query
 from pengster.data._reference import ReferenceSummary, describe_reference
 from pengster.io import _load
@@ -57,7 +58,7 @@ def reference_module(summary: ReferenceSummary) -> JointVAEModule:
     return module
 
 
-def extend_prepared(prepared: _setup.Prepared, summary: ReferenceSummary, registry: dict) -> _setup.Prepared:
+def extend_prepared(prepared: Prepared, summary: ReferenceSummary, registry: dict) -> Prepared:
     """Give the query's ``Prepared`` (``data/_prepare.py``) the rows of every category of the joint registry.
 
     Reference panels and batches keep the reference's feature masks and modality table; new ones get the query's.
@@ -78,7 +79,7 @@ def extend_prepared(prepared: _setup.Prepared, summary: ReferenceSummary, regist
         masks[modality] = np.concatenate([mask, np.asarray(rows, dtype=np.float32).reshape(-1, mask.shape[1])])
     table = _align.batch_has_modality(obs, batches, prepared.modalities)
     table[:n_reference_batches] = state["batch_has_modality"].numpy()
-    return _setup.Prepared(
+    return Prepared(
         aligned=prepared.aligned,
         modalities=prepared.modalities,
         feature_masks=masks,
@@ -189,16 +190,13 @@ def load_query_data(
     """Build the query model; see :meth:`pengster.model.JointVAE.load_query_data`."""
     summary = describe_reference(reference_model, cls)
     query = adata if is_prepared(adata, summary) else prepare_query(adata, summary)
-    prepared = _setup.prepare_from_args(
-        query,
-        _setup.saved_setup_args(summary.setup_args),
-        modalities=summary.modalities,
-        reference_var_names=summary.var_names,
+    prepared = prepare_from_args(
+        query, summary.setup_args, modalities=summary.modalities, reference_var_names=summary.var_names
     )
     setup_method_args = {k: summary.registry[k] for k in ("model_name", "setup_method_name", "setup_args")}
     manager = _setup.register(prepared, setup_method_args, source_registry=summary.registry, extend_categories=True)
     cls.register_manager(manager)
-    cls._store.put(query, extend_prepared(prepared, summary, manager._registry))
+    cls._remember(query, extend_prepared(prepared, summary, manager._registry))
     model = cls(query, **summary.init_params)
     transfer_weights(reference_module(summary), model.module)
     freeze_reference(model.module, **freeze_options)

@@ -16,29 +16,7 @@ from scvi.data.fields import (
 
 from pengster._constants import REGISTRY_KEYS
 from pengster.data import _align
-from pengster.data._prepare import (
-    Prepared,
-    default_modalities,
-    old_form_message,
-    prepare,
-    prepare_from_args,
-    resolve,
-    resolve_dataset_key,
-    saved_setup_args,
-)
-
-__all__ = [
-    "AlignedStore",
-    "Prepared",
-    "default_modalities",
-    "old_form_message",
-    "prepare",
-    "prepare_from_args",
-    "register",
-    "resolve",
-    "resolve_dataset_key",
-    "saved_setup_args",
-]
+from pengster.data._prepare import Prepared
 
 
 def register(prepared: Prepared, setup_method_args: dict, **kwargs):
