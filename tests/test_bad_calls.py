@@ -35,12 +35,12 @@ GETTER_CASES = [
     (
         "predict_untrained_modality",
         lambda model: model.predict(target="protein"),
-        [r"target='protein'", r"trained on \['rna', 'atac'\]", r"pass one of those", r"modalities=\{'protein_layer'"],
+        [r"target='protein'", r"trained on \{'rna': 'rna', 'atac': 'atac'\}", r"pass one of \['rna', 'atac'\]"],
     ),
     (
         "predict_unknown_source",
         lambda model: model.predict(target="rna", source=["atac", "protein"]),
-        [r"source='protein'", r"trained on \['rna', 'atac'\]", r"pass one of those"],
+        [r"source='protein'", r"trained on \{'rna': 'rna', 'atac': 'atac'\}", r"pass one of \['rna', 'atac'\]"],
     ),
     (
         "predict_target_from_itself",
@@ -61,12 +61,12 @@ GETTER_CASES = [
     (
         "latent_unknown_modality",
         lambda model: model.get_latent_representation(modality="nope"),
-        [r"modality='nope'", r"trained on \['rna', 'atac'\]", r"pass one of those"],
+        [r"modality='nope'", r"trained on \{'rna': 'rna', 'atac': 'atac'\}", r"pass one of \['rna', 'atac'\]"],
     ),
     (
         "normalized_untrained_modality",
         lambda model: model.get_normalized_expression(modality="protein"),
-        [r"modality='protein'", r"trained on \['rna', 'atac'\]"],
+        [r"modality='protein'", r"trained on \{'rna': 'rna', 'atac': 'atac'\}"],
     ),
 ]
 

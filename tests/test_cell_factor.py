@@ -9,7 +9,7 @@ from scipy import sparse, stats
 
 import pengster
 from pengster.model import JointVAE
-from pengster.nn import CellFactorPredictor
+from pengster.module._atac_factor import CellFactorPredictor
 
 SETUP_MODALITIES = {"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}
 
@@ -99,7 +99,7 @@ def test_atac_predicted_from_rna_carries_rna_depth(depth_mosaic, model_on):
 
 
 def test_predictor_changes_only_the_atac_prediction(depth_mosaic, model_on, model_off):
-    assert not hasattr(model_off.module, "cell_factor_predictor")
+    assert not hasattr(model_off.module.heads["atac"], "cell_factor_predictor")
     # no parameter, no loss term: training is the same, so latents and other predictions are identical
     np.testing.assert_array_equal(model_on.get_latent_representation(), model_off.get_latent_representation())
     np.testing.assert_array_equal(
@@ -109,16 +109,9 @@ def test_predictor_changes_only_the_atac_prediction(depth_mosaic, model_on, mode
     assert _depth_correlation(model_off, depth_mosaic) < _depth_correlation(model_on, depth_mosaic) - 0.3
 
 
-def test_model_saved_without_predictor_loads_and_uses_mean_factor(depth_mosaic, model_off):
-    # a model saved before the option existed: the weights of model_off under model_on's (default) arguments
+def test_weights_without_the_predictor_are_refused_by_a_model_with_it(depth_mosaic, model_off):
+    """The predictor's buffers are weights like any other: a state without them does not load silently."""
     state = model_off.module.state_dict()
     model_on_copy = JointVAE(depth_mosaic, n_latent=6, n_hidden=32)
-    model_on_copy.module.load_state_dict(state)
-    model_on_copy.module.eval()
-    model_on_copy.is_trained_ = True
-    assert not model_on_copy.module.cell_factor_predictor.fitted
-    np.testing.assert_allclose(
-        model_on_copy.predict(target="atac", source="rna").to_numpy(),
-        model_off.predict(target="atac", source="rna").to_numpy(),
-        rtol=1e-6,
-    )
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*heads\.atac\.cell_factor_predictor\.moment_xx"):
+        model_on_copy.module.load_state_dict(state)

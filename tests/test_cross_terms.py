@@ -65,7 +65,7 @@ def test_sampled_loss_is_an_unbiased_estimate_of_the_exact_loss(cross_terms):
     assert module.bridge_weight > 0  # the bridge posterior is among the drawn ones
     module.train()
     # decoders without dropout and with fixed batch-norm statistics: the drawn terms are the only randomness
-    module.decoders.eval()
+    module.heads.eval()
     torch.manual_seed(0)
     inference = module.inference(**module._get_inference_input(tensors))
     generative_input = module._get_generative_input(tensors, inference)

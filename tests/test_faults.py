@@ -306,7 +306,7 @@ def test_non_finite_gradients_stop_training_before_the_update():
 
         def on_after_backward(self, trainer, pl_module):
             if trainer.global_step == 3:
-                pl_module.module.decoders["protein"].log_theta.grad[0] = torch.inf
+                pl_module.module.heads["protein"].log_theta.grad[0] = torch.inf
 
     mdata = _mosaic()
     model = JointVAE(mdata, **MODEL_KWARGS)
@@ -323,8 +323,8 @@ def test_non_finite_gradients_are_named_by_module():
     check = FiniteLossCheck(["b0"])
     check._minibatches, check._start = [({"batch": torch.zeros(3, 1)}, 2)], (4, 17)
     module = torch.nn.Module()
-    module.decoders = torch.nn.ModuleDict({"protein": torch.nn.Linear(2, 2)})
-    module.decoders["protein"].weight.grad = torch.full((2, 2), torch.nan)
+    module.heads = torch.nn.ModuleDict({"protein": torch.nn.Linear(2, 2)})
+    module.heads["protein"].weight.grad = torch.full((2, 2), torch.nan)
     trainer = type("Trainer", (), {"current_epoch": 4, "global_step": 17})()
     pl_module = type("Plan", (), {"module": module})()
     where = r"non-finite gradients at epoch 4, step 17 \(training minibatch 2\) in the protein decoder"

@@ -42,7 +42,7 @@ def test_inference_generative_and_loss_change_no_buffer_and_the_update_is_explic
     inference, _, _ = module(tensors)
     module.update_running_statistics(inference)
     before = _own_buffers(module)
-    assert {"atac_cell_factor_mean", "cell_factor_predictor.moment_xx"} <= set(before)
+    assert {"heads.atac.cell_factor_mean", "heads.atac.cell_factor_predictor.moment_xx"} <= set(before)
     torch.manual_seed(0)
     inference, _, loss = module(tensors, loss_kwargs={"kl_weight": 0.5})
     loss.loss.backward()
@@ -51,11 +51,12 @@ def test_inference_generative_and_loss_change_no_buffer_and_the_update_is_explic
 
     module.update_running_statistics(inference)
     has_atac = inference[MODULE_KEYS.HAS]["atac"] > 0
-    encoded = inference[MODULE_KEYS.CELL_FACTOR][has_atac].mean()
-    expected = before["atac_cell_factor_mean"] + 0.01 * (encoded - before["atac_cell_factor_mean"])
-    torch.testing.assert_close(module.atac_cell_factor_mean, expected)
-    assert module.cell_factor_predictor.n_updates == before["cell_factor_predictor.n_updates"] + 1
-    assert not torch.equal(module.cell_factor_predictor.moment_xy, before["cell_factor_predictor.moment_xy"])
+    encoded = inference[MODULE_KEYS.STATE]["atac"][has_atac].mean()
+    expected = before["heads.atac.cell_factor_mean"] + 0.01 * (encoded - before["heads.atac.cell_factor_mean"])
+    torch.testing.assert_close(module.heads["atac"].cell_factor_mean, expected)
+    predictor = module.heads["atac"].cell_factor_predictor
+    assert predictor.n_updates == before["heads.atac.cell_factor_predictor.n_updates"] + 1
+    assert not torch.equal(predictor.moment_xy, before["heads.atac.cell_factor_predictor.moment_xy"])
 
 
 def test_training_updates_the_running_statistics_once_per_step():
@@ -73,5 +74,5 @@ def test_training_updates_the_running_statistics_once_per_step():
     finally:
         type(model.module).update_running_statistics = original
     assert calls == [True] * (2 * 3)  # 90 cells, minibatches of 32: 3 steps an epoch
-    assert model.module.atac_cell_factor_mean.item() != 0.5
-    assert model.module.cell_factor_predictor.fitted
+    assert model.module.heads["atac"].cell_factor_mean.item() != 0.5
+    assert model.module.heads["atac"].cell_factor_predictor.fitted

@@ -44,7 +44,7 @@ def test_bf16_autocast_layers_in_bf16_loss_in_float32_and_close_to_float32(mosai
     # trained a little: at initialisation the decoded means are far from the counts, where the NLL is steepest
     model.train(max_epochs=20, accelerator="cpu", enable_progress_bar=False, train_size=1.0)
     module = model.module
-    assert module.bridge_weight > 0 and module.depth_sources
+    assert module.bridge_weight > 0 and module.heads["atac"].depth_sources
     module.train()
     loader = loader_from_manager(
         model.adata_manager, indices=np.arange(70), strata=np.zeros(70), batch_size=70, device="cpu",
@@ -54,7 +54,7 @@ def test_bf16_autocast_layers_in_bf16_loss_in_float32_and_close_to_float32(mosai
 
     exact, exact_dtypes, _ = _loss(module, tensors, autocast=False)
     mixed, mixed_dtypes, gradients = _loss(module, tensors, autocast=True)
-    assert set(exact_dtypes) == set(mixed_dtypes) >= {"encoders", "decoders", "bridge_encoder", "projection_heads"}
+    assert set(exact_dtypes) == set(mixed_dtypes) >= {"encoders", "heads", "bridge_encoder", "projection_heads"}
     assert all(dtypes == {torch.float32} for dtypes in exact_dtypes.values())
     # autocast reached every layer of the encoders and decoders; the loss (contrastive heads included) is float32
     assert mixed_dtypes == {

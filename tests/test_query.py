@@ -14,8 +14,7 @@ import pengster
 from pengster._constants import MEASURED_VARM_KEY
 from pengster.model import JointVAE
 from pengster.model._query import transfer_weights
-from pengster.module import JointVAEModule
-from pengster.module._moments import reporting_moments
+from pengster.module import HeadInput, JointVAEModule
 
 SETUP_MODALITIES = {"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}
 
@@ -87,13 +86,13 @@ def test_query_with_new_batch_trains_and_keeps_reference_fixed(query_model, refe
     n_genes = 60
     torch.testing.assert_close(after[weight][:, : n_genes + 2], before[weight][:, : n_genes + 2])
     assert not torch.allclose(after[weight][:, n_genes + 2], before[weight][:, n_genes + 2])  # new panel trained
-    decoder = "decoders.rna.decoder.px_decoder.fc_layers.Layer 0.0.weight"  # columns: 6 latent, then 3 batches
+    decoder = "heads.rna.decoder.px_decoder.fc_layers.Layer 0.0.weight"  # columns: 6 latent, then 3 batches
     torch.testing.assert_close(after[decoder][:, :8], before[decoder][:, :8])
     assert not torch.allclose(after[decoder][:, 8], before[decoder][:, 8])
-    background = "decoders.protein.log_background"
+    background = "heads.protein.log_background"
     torch.testing.assert_close(after[background][:, :2], before[background][:, :2])
     assert not torch.allclose(after[background][:, 2], before[background][:, 2])
-    for key in ("decoders.rna.log_theta", "projection_heads.rna.layers.0.weight", "atac_cell_factor_mean"):
+    for key in ("heads.rna.log_theta", "projection_heads.rna.layers.0.weight", "heads.atac.cell_factor_mean"):
         torch.testing.assert_close(after[key], before[key])
 
 
@@ -215,10 +214,10 @@ def test_covariate_columns_are_placed_per_covariate():
         z = torch.randn(n_cells, 4)
         categoricals = [inputs["batch_index"], inputs["cat_covs"]]
         for modality in ("rna", "protein"):
-            mask = torch.ones(n_cells, 30 if modality == "rna" else 5)
+            inputs = HeadInput(categoricals, torch.ones(n_cells, 30 if modality == "rna" else 5))
             torch.testing.assert_close(
-                reporting_moments(query, modality, z, categoricals, mask),
-                reporting_moments(reference, modality, z, categoricals, mask),
+                query.heads[modality].reported(query.decode(modality, z, inputs), inputs, variance=True),
+                reference.heads[modality].reported(reference.decode(modality, z, inputs), inputs, variance=True),
             )
 
 

@@ -14,6 +14,7 @@ from pengster._constants import REGISTRY_KEYS
 from pengster.data import synthetic_mosaic
 from pengster.model import JointVAE
 from pengster.model._legacy import setup_args_for
+from pengster.module import HeadInput
 
 torch.set_num_threads(1)
 
@@ -55,7 +56,7 @@ def _hand_terms(model: JointVAE, seed: int):
             counts = tensors[REGISTRY_KEYS.counts(modality)]
             mask = module.feature_mask(modality, panel)
             library = counts.sum(-1, keepdim=True).clamp_min(1.0)
-            px, _ = module.decode(modality, z, [batch], mask, library)
+            px = module.decode(modality, z, HeadInput([batch], mask, library))
             nll[modality] = -px.log_prob(counts).sum(-1)
     return kl, nll
 

@@ -127,15 +127,18 @@ def test_mosaic_strata_in_every_device_minibatch():
 def test_rna_decoder_decodes_dropout_logits_only_for_zinb(likelihood):
     from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
 
-    from pengster.nn._decoders import RNADecoder, masked_normalize
+    from pengster.module import HeadInput
+    from pengster.module._head import masked_normalize
+    from pengster.module._rna import RNAHead
 
     torch.manual_seed(0)
-    decoder = RNADecoder(4, 30, [3], n_hidden=8, likelihood=likelihood)
+    decoder = RNAHead(30, 4, [3], n_batch=3, n_hidden=8, n_layers=1, encoder_cats=[1], likelihood=likelihood)
     z, batch = torch.randn(5, 4), torch.tensor([[0], [1], [2], [0], [1]])
     library, mask = torch.full((5, 1), 100.0), (torch.rand(5, 30) < 0.8).float()
     calls = []
     decoder.decoder.px_dropout_decoder.register_forward_hook(lambda *args: calls.append(True))
-    px, scale = decoder(z, library, mask, batch)
+    px = decoder(z, HeadInput([batch], mask, library))
+    scale = px.scale
     # the same values as scvi-tools' DecoderSCVI forward, which always decodes the dropout logits
     expected_scale, _, _, expected_dropout = decoder.decoder("gene", z, torch.zeros(5, 1), batch)
     torch.testing.assert_close(scale, masked_normalize(expected_scale, mask))

@@ -15,12 +15,9 @@ from anndata import AnnData
 from mudata import MuData
 from scipy import sparse
 
-from pengster._constants import MODALITIES, REGISTRY_KEYS
+from pengster._constants import LAYER_ARGUMENTS, MODALITIES, REGISTRY_KEYS
 
 from . import _align
-
-LAYER_ARGUMENTS = {"rna": "rna_layer", "atac": "atac_layer", "protein": "protein_layer"}
-"""Modality -> the ``setup_mudata`` argument naming its counts layer (and its key in ``modalities``)."""
 
 logger = logging.getLogger(__name__)
 
@@ -116,12 +113,6 @@ def _where(mod_key: str, layer: str | None) -> str:
 # a count above int32's range is an overflow or a bad cast, not a molecule count of one cell and one feature
 MAX_COUNT = 2**31 - 1
 
-_NORMALIZED_HINTS = {
-    "rna": "it looks log-normalized",
-    "atac": "it looks TF-IDF (or otherwise) normalized; pengster wants raw peak counts or binary accessibility",
-    "protein": "it looks CLR-normalized",
-}
-
 
 def is_backed(matrix) -> bool:
     """Whether ``matrix`` lives on disk (a backed AnnData's h5py dataset or sparse dataset)."""
@@ -181,11 +172,7 @@ def check_counts(
             if not np.issubdtype(values.dtype, np.integer):
                 fractional = values != np.round(values)
                 if fractional.any():
-                    hint = (
-                        _NORMALIZED_HINTS.get(modality, "it looks normalized")
-                        if high < 20
-                        else ("it looks normalized or scaled")
-                    )
+                    hint = MODALITIES[modality].normalized_hint if high < 20 else ("it looks normalized or scaled")
                     raise ValueError(
                         f"{where} has non-integer values (e.g. {values[fractional][0]:.4g}); {hint}; {fix}."
                     )
@@ -399,17 +386,19 @@ def check_registered_categories(obs: pd.DataFrame, manager, setup_args: Mapping)
             check_known_categories(obs[column], list(mappings[column]), key=key, argument="categorical_covariate_keys")
 
 
-def protein_panel_masks(
+def panel_masks_from_zeros(
     matrix, mask: np.ndarray, panel_codes: np.ndarray, panels: Sequence[str], *, mod_key: str, var_names: pd.Index
 ) -> np.ndarray:
-    """Mask (as totalVI does) the proteins with no count in any cell of a panel: that panel did not measure them.
+    """Mask (as totalVI does for proteins) the features with no count in any cell of a panel: it did not measure them.
+
+    For modalities whose table entry says ``zero_is_unmeasured`` (antibody panels).
 
     Parameters
     ----------
     matrix
-        The protein counts of the cells that measured protein, ``(n_cells, n_proteins)``.
+        The counts of the cells that measured the modality, ``(n_cells, n_features)``.
     mask
-        The panels' feature masks so far, ``(n_panels, n_proteins)``.
+        The panels' feature masks so far, ``(n_panels, n_features)``.
     panel_codes
         Panel (dataset) code of each of those cells, ``(n_cells,)``.
     panels

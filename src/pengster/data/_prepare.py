@@ -9,15 +9,9 @@ import numpy as np
 import pandas as pd
 from mudata import MuData
 
-from pengster._constants import DATASET_KEY, MODALITIES
+from pengster._constants import DATASET_KEY, LAYER_ARGUMENTS, MODALITIES
 
 from . import _align, _checks
-
-_DEFAULT_MOD_KEYS = {
-    "rna": ("rna", "gex", "RNA"),
-    "atac": ("atac", "ATAC", "peaks"),
-    "protein": ("prot", "protein", "adt", "ADT"),
-}
 
 
 @dataclass
@@ -28,7 +22,6 @@ class Prepared:
     modalities: dict[str, str]
     feature_masks: dict[str, np.ndarray]
     batch_has_modality: np.ndarray
-    protein_background: np.ndarray | None
 
 
 OBS_ARGUMENTS = (
@@ -44,14 +37,15 @@ OBS_ARGUMENTS = (
 def default_modalities(mdata: MuData) -> dict[str, str]:
     """Guess modality -> mod key from the usual names (rna/gex, atac/peaks, prot/protein/adt)."""
     found = {}
-    for modality, candidates in _DEFAULT_MOD_KEYS.items():
+    for modality, spec in MODALITIES.items():
+        candidates = spec.default_keys
         for key in candidates:
             if key in mdata.mod:
                 found[modality] = key
                 break
     if not found:
         raise KeyError(
-            f"mdata.mod has none of the usual keys {sorted(sum(_DEFAULT_MOD_KEYS.values(), ()))}; "
+            f"mdata.mod has none of the usual keys {sorted(k for m in MODALITIES.values() for k in m.default_keys)}; "
             f"it has {list(mdata.mod)}; pass modalities={{'rna_layer': ..., 'atac_layer': ..., 'protein_layer': ...}}."
         )
     return found
@@ -77,13 +71,13 @@ def resolve(mdata: MuData, setup_args: Mapping, *, modalities: Mapping[str, str]
     mdata = _checks.check_mudata(mdata)
     by_argument = setup_args.get("modalities")
     if by_argument is None:
-        by_argument = {_checks.LAYER_ARGUMENTS[m]: key for m, key in default_modalities(mdata).items()}
+        by_argument = {LAYER_ARGUMENTS[m]: key for m, key in default_modalities(mdata).items()}
     if not isinstance(by_argument, Mapping):
         raise TypeError(
             f"modalities={by_argument!r}: pass a dict from setup_mudata's argument names to keys of mdata.mod, e.g. "
             "modalities={'rna_layer': 'rna', 'protein_layer': 'prot', 'batch_key': 'rna'}."
         )
-    known = [*_checks.LAYER_ARGUMENTS.values(), *OBS_ARGUMENTS]
+    known = [*LAYER_ARGUMENTS.values(), *OBS_ARGUMENTS]
     unknown = [name for name in by_argument if name not in known]
     if unknown:
         raise ValueError(
@@ -91,14 +85,14 @@ def resolve(mdata: MuData, setup_args: Mapping, *, modalities: Mapping[str, str]
             f"each mapped to a key of mdata.mod (which has {list(mdata.mod)}), e.g. "
             "modalities={'rna_layer': 'rna', 'protein_layer': 'prot'}."
         )
-    mod_keys = {m: by_argument[arg] for m, arg in _checks.LAYER_ARGUMENTS.items() if by_argument.get(arg) is not None}
+    mod_keys = {m: by_argument[arg] for m, arg in LAYER_ARGUMENTS.items() if by_argument.get(arg) is not None}
     if modalities is None and not mod_keys:
         raise ValueError(
             f"modalities={dict(by_argument)} names no modality; map at least one of "
-            f"{list(_checks.LAYER_ARGUMENTS.values())} to a key of mdata.mod (which has {list(mdata.mod)}), "
+            f"{list(LAYER_ARGUMENTS.values())} to a key of mdata.mod (which has {list(mdata.mod)}), "
             "e.g. modalities={'rna_layer': 'rna'}."
         )
-    for modality, argument in _checks.LAYER_ARGUMENTS.items():
+    for modality, argument in LAYER_ARGUMENTS.items():
         layer = setup_args.get(argument)
         if modalities is None and layer is not None and modality not in mod_keys:
             raise ValueError(
@@ -116,7 +110,7 @@ def resolve(mdata: MuData, setup_args: Mapping, *, modalities: Mapping[str, str]
             )
     return Resolved(
         modalities=dict(modalities if modalities is not None else mod_keys),
-        layers={m: setup_args.get(_checks.LAYER_ARGUMENTS[m]) for m in MODALITIES},
+        layers={m: setup_args.get(LAYER_ARGUMENTS[m]) for m in MODALITIES},
         obs_mod_keys=obs_mod_keys,
     )
 
@@ -181,8 +175,10 @@ def prepare(
     present = _checks.check_modalities(mdata, {m: k for m, k in modalities.items() if m not in absent})
     layers = _checks.check_layers(mdata, present, {m: v for m, v in (layers or {}).items() if m in present})
     _checks.check_backed_mosaic(mdata, present, layers)
-    modalities = {m: modalities[m] for m in ("rna", "atac", "protein") if m in modalities}
+    modalities = {m: modalities[m] for m in MODALITIES if m in modalities}
     for modality, mod_key in present.items():
+        if not MODALITIES[modality].counts:
+            continue
         matrix = _checks.count_matrix(mdata, mod_key, layers[modality])
         adata = mdata.mod[mod_key]
         totals = _checks.check_counts(
@@ -219,28 +215,23 @@ def prepare(
 
     panels = list(pd.Categorical(obs[_align.PANEL_COLUMN]).categories)
     batches = list(pd.Categorical(obs[_align.BATCH_COLUMN]).categories)
-    background = None
-    if "protein" in modalities:
-        rows = np.flatnonzero(obs[_align.has_column("protein")].to_numpy() > 0)
-        if len(rows):
-            background = _align.protein_background(aligned.mod[modalities["protein"]].X, rows)
     masks = _align.feature_masks(mdata, present, panels)
-    if "protein" in present and reference_var_names is None:
-        rows = np.flatnonzero(obs[_align.has_column("protein")].to_numpy() > 0)
-        masks["protein"] = _checks.protein_panel_masks(
-            aligned.mod[present["protein"]].X[rows],
-            masks["protein"],
-            pd.Categorical(obs[_align.PANEL_COLUMN], categories=panels).codes[rows],
-            panels,
-            mod_key=present["protein"],
-            var_names=aligned.mod[present["protein"]].var_names,
-        )
+    for modality, mod_key in present.items():
+        if MODALITIES[modality].zero_is_unmeasured and reference_var_names is None:
+            rows = np.flatnonzero(obs[_align.has_column(modality)].to_numpy() > 0)
+            masks[modality] = _checks.panel_masks_from_zeros(
+                aligned.mod[mod_key].X[rows],
+                masks[modality],
+                pd.Categorical(obs[_align.PANEL_COLUMN], categories=panels).codes[rows],
+                panels,
+                mod_key=mod_key,
+                var_names=aligned.mod[mod_key].var_names,
+            )
     return Prepared(
         aligned=aligned,
         modalities=modalities,
         feature_masks=masks,
         batch_has_modality=_align.batch_has_modality(obs, batches, modalities),
-        protein_background=background,
     )
 
 

@@ -20,6 +20,7 @@ from mudata import MuData
 
 from pengster._version import __version__
 from pengster.data._checks import feature_mismatch_message
+from pengster.module import JointVAEModule
 
 from ._save import (
     DATA_FILE,
@@ -121,7 +122,8 @@ def read_saved(dir_path: str | os.PathLike, *, model_class: str) -> SavedModel:
     except InvalidSave as error:
         raise _invalid(manifest_path, str(error).rstrip(".")) from None
     var_names = _check_structure(manifest_path, body, model_class)
-    state_dict = _read_weights(folder / WEIGHTS_FILE)
+    # a model saved by pengster 0.2 held the decoders and the ATAC cell factor outside the modality heads
+    state_dict = JointVAEModule.upgrade_state_dict(_read_weights(folder / WEIGHTS_FILE))
     # the tensors that size the module before its weights are loaded (see JointVAE.__init__ and reference mapping)
     needed = ["batch_has_modality", *(f"feature_mask_{m}" for m in registry_modalities(body["registry"]))]
     if any(key not in state_dict for key in needed):

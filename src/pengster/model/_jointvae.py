@@ -8,14 +8,16 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
+import numpy as np
 import scvi
 import torch
 from mudata import MuData
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 from scvi.train import TrainRunner
 
-from pengster._constants import REGISTRY_KEYS
+from pengster._constants import LAYER_ARGUMENTS, REGISTRY_KEYS
 from pengster.data import _checks
+from pengster.data._align import has_column
 from pengster.data._prepare import Prepared, prepare_from_args, resolve_dataset_key
 from pengster.dataloaders import MosaicDataSplitter
 from pengster.module import JointVAEModule
@@ -131,7 +133,6 @@ class JointVAE(JointVAEOutputsMixin, SharingMixin, VAEMixin, UnsupervisedTrainin
         self.mdata = mdata
         self.modalities: dict[str, str] = dict(prepared.modalities)
         cat_covs = self.adata_manager.get_state_registry(REGISTRY_KEYS.CAT_COVS)
-        background = prepared.protein_background
         if bridge_weight is None:
             rna_masks = prepared.feature_masks.get("rna")
             bridge_weight = 1.0 if rna_masks is not None and needs_bridge(torch.as_tensor(rna_masks)) else 0.0
@@ -159,14 +160,24 @@ class JointVAE(JointVAEOutputsMixin, SharingMixin, VAEMixin, UnsupervisedTrainin
             mixing_weight=mixing_weight,
             bridge_weight=bridge_weight,
             cross_terms=cross_terms,
-            protein_background_init=None if background is None else torch.as_tensor(background),
         )
+        self._initialize_heads(prepared)
         self._model_summary_string = (
             f"JointVAE: modalities {self.modalities}, n_latent {n_latent}, cross_weight {cross_weight}, "
             f"contrastive_weight {contrastive_weight}, mixing_weight {mixing_weight}, bridge_weight {bridge_weight}, "
             f"{self.summary_stats.n_batch} batches"
         )
         self.init_params_ = self._get_init_params(locals())
+
+    def _initialize_heads(self, prepared) -> None:
+        """Set the heads' data-driven initial values (e.g. the protein background) from the measured cells."""
+        with torch.no_grad():
+            for modality, head in self.module.heads.items():
+                rows = np.flatnonzero(prepared.aligned.obs[has_column(modality)].to_numpy() > 0)
+                if len(rows) == 0:
+                    continue
+                for name, value in head.initial_values(prepared.aligned.mod[self.modalities[modality]].X, rows).items():
+                    getattr(head, name).copy_(value)
 
     # ------------------------------------------------------------------------------------------------ setup
     @classmethod
@@ -224,7 +235,8 @@ class JointVAE(JointVAEOutputsMixin, SharingMixin, VAEMixin, UnsupervisedTrainin
             feature panels (``mdata.mod[key].varm['measured']``) are read per dataset. Default: ``'dataset'``
             when that column exists.
         **kwargs
-            Passed to :meth:`scvi.data.AnnDataManager.register_fields` (e.g. ``source_registry``).
+            ``<name>_layer`` of a modality added with :func:`pengster.module.register_modality`; the rest is passed to
+            :meth:`scvi.data.AnnDataManager.register_fields` (e.g. ``source_registry``).
 
         Examples
         --------
@@ -237,6 +249,9 @@ class JointVAE(JointVAEOutputsMixin, SharingMixin, VAEMixin, UnsupervisedTrainin
         ... )
         """
         setup_method_args = cls._get_setup_method_args(**locals())
+        # the layer arguments of modalities added with pengster.module.register_modality
+        added = [argument for argument in LAYER_ARGUMENTS.values() if argument in kwargs]
+        setup_method_args["setup_args"].update({argument: kwargs.pop(argument) for argument in added})
         if "layers" in kwargs or _legacy.is_0_1_form(modalities):
             # a 0.1 registry reaches setup only through convert_legacy, which translates it: this is a user's call
             error = TypeError if "layers" in kwargs else ValueError
@@ -359,7 +374,7 @@ class JointVAE(JointVAEOutputsMixin, SharingMixin, VAEMixin, UnsupervisedTrainin
         if early_stopping:
             kwargs.setdefault("early_stopping_monitor", "validation_loss")
             kwargs.setdefault("early_stopping_patience", 20)
-        binary = "atac" in self.modalities and self.module.decoders["atac"].likelihood == "bernoulli"
+        binary = "atac" in self.modalities and self.module.heads["atac"].likelihood == "bernoulli"
         batch_size, plan_kwargs, kwargs = training_options(
             n_cells=self.adata.n_obs,
             batch_size=batch_size,

@@ -12,14 +12,14 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import scvi
 import torch
 from mudata import MuData
 
-from pengster._constants import REGISTRY_KEYS
-from pengster.module._inputs import RNA_TARGET_SUM
-from pengster.module._moments import reporting_moments
+from pengster._constants import MODALITIES, REGISTRY_KEYS
+from pengster.module._head import RNA_TARGET_SUM
 
-from ._neighbors import Reference, fit_lines, readout_batch_size
+from ._blend import Reference, fit_lines, readout_batch_size
 
 REFERENCE_NEIGHBORS = 50
 """Neighbours of the ``blend`` read-out of :meth:`~pengster.model.JointVAE.predict` (chosen on a validation split of
@@ -51,12 +51,21 @@ class JointVAEOutputsMixin:
         loader = self._make_data_loader(adata=aligned, indices=indices, batch_size=batch_size or 1024)
         yield from loader
 
-    def _check_modality(self, modality: str, *, argument: str) -> None:
-        if modality not in self.modalities:
-            raise ValueError(
-                f"{argument}={modality!r}, but this JointVAE was trained on {list(self.modalities)}; "
-                f"pass one of those (set up the data with modalities={{'{modality}_layer': ...}} to model it)."
-            )
+    def resolve_modality(self, name: str, *, argument: str = "modality") -> str:
+        """The model's name of a modality named ``name``: its name (``protein``) or its ``mdata.mod`` key (``prot``).
+
+        Raises a ``ValueError`` naming ``argument`` and the accepted names when the model has no such modality.
+        """
+        if name in self.modalities:
+            return name
+        by_key = {key: modality for modality, key in self.modalities.items()}
+        if name in by_key:
+            return by_key[name]
+        accepted = [*self.modalities, *[k for k in by_key if k not in self.modalities]]
+        raise ValueError(
+            f"{argument}={name!r}, but this JointVAE was trained on {self.modalities} (modality: mdata.mod key); "
+            f"pass one of {accepted}. To model another modality, set up data that has it and train a new model."
+        )
 
     def _rows(self, aligned: MuData, indices) -> np.ndarray:
         return np.arange(aligned.n_obs) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -88,65 +97,20 @@ class JointVAEOutputsMixin:
             that modality alone (NaN rows for cells that did not measure it).
         """
         self._check_if_trained(warn=False)
-        if modality is not None:
-            self._check_modality(modality, argument="modality")
+        sources = None if modality is None else [self.resolve_modality(modality)]
         latents = []
         for tensors in self._minibatches(adata, indices, batch_size):
-            inputs = self.module._get_inference_input(tensors)
-            experts = self.module.experts(**inputs)
-            has = {m: h.to(self.device) for m, h in inputs["has"].items()}
-            qz = self.module.fuse(experts, has, None if modality is None else [modality])
-            latent = qz.loc if give_mean else qz.sample()
+            posterior = self.module.posterior(tensors, sources, states=False)
+            latent = posterior.qz.loc if give_mean else posterior.qz.sample()
             if modality is not None:
-                latent = torch.where(has[modality].unsqueeze(-1) > 0, latent, torch.nan)
+                latent = torch.where(posterior.available.unsqueeze(-1), latent, torch.nan)
             latents.append(latent.cpu().numpy())
         return np.concatenate(latents)
 
-    def _decode(self, target, z, tensors, *, batches=None, variance=False, **options):
-        """:func:`~pengster.module._moments.reporting_moments` of ``target`` at ``z`` for a minibatch.
-
-        ``batches``: batch codes to decode under and average (default: each cell's own batch; a cell whose batch
-        never measured ``target`` is decoded under every batch that did, and averaged).
-        """
-        module = self.module
-        batch_index = tensors[REGISTRY_KEYS.BATCH].to(self.device).long()
-        cat_covs = tensors.get(REGISTRY_KEYS.CAT_COVS)
-        cat_covs = None if cat_covs is None else cat_covs.to(self.device).long()
-        mask = module.feature_mask(target, tensors[REGISTRY_KEYS.PANEL].to(self.device).long())
-        if options.get("cell_factor") is None and target == "atac":
-            options["cell_factor"] = module.atac_cell_factor_mean.expand(z.shape[-2], 1)
-        cont_covs = tensors.get(REGISTRY_KEYS.CONT_COVS)
-        if cont_covs is not None:
-            options["cont_covs"] = cont_covs.to(self.device)
-
-        def under(codes):
-            return reporting_moments(
-                module, target, z, module._categoricals(codes, cat_covs), mask, variance=variance, **options
-            )
-
-        def averaged(codes):
-            pairs = [under(torch.full_like(batch_index, code)) for code in codes]
-            value = sum(p[0] for p in pairs) / len(pairs)
-            return value, None if not variance else sum(p[1] for p in pairs) / len(pairs)
-
-        if batches is not None:
-            return averaged(batches)
-        seen = module.batch_has_modality[:, list(self.modalities).index(target)]
-        own_ok = seen[batch_index.view(-1)] > 0
-        value, var = under(batch_index)
-        if not own_ok.all():
-            stand_in, stand_in_var = averaged(torch.nonzero(seen).view(-1).tolist())
-            keep = own_ok.view(-1, 1)
-            value = torch.where(keep, value, stand_in)
-            var = None if var is None else torch.where(keep, var, stand_in_var)
-        return value, var
-
     def _sources(self, target: str, source) -> list[str]:
-        self._check_modality(target, argument="target")
         sources = [m for m in self.modalities if m != target] if source is None else source
         sources = [sources] if isinstance(sources, str) else list(sources)
-        for modality in sources:
-            self._check_modality(modality, argument="source")
+        sources = [self.resolve_modality(m, argument="source") for m in sources]
         if target in sources:
             raise ValueError(
                 f"source {sources} contains the target {target!r}; pass source=<other modalities of "
@@ -159,9 +123,7 @@ class JointVAEOutputsMixin:
         totals = []
         for tensors in self._minibatches(None, None, batch_size):
             has = tensors[REGISTRY_KEYS.has(modality)].view(-1) > 0
-            panel = tensors[REGISTRY_KEYS.PANEL].long().view(-1)
-            counts = tensors[REGISTRY_KEYS.counts(modality)][has].float()
-            totals.append((counts * self.module.feature_mask(modality, panel[has].to(self.device)).cpu()).sum(-1))
+            totals.append(self.module.library(modality, tensors).cpu()[has])
         totals = torch.cat(totals)
         # at least 1 count, as the module's library sizes (a panel of empty cells has median 0)
         return max(1.0, float(totals.median())) if totals.numel() else RNA_TARGET_SUM
@@ -174,7 +136,7 @@ class JointVAEOutputsMixin:
         *,
         target: str,
         source: str | Sequence[str] | None = None,
-        n_samples: int = STD_SAMPLES,
+        n_samples: int | None = None,
         return_std: bool = False,
         readout: Literal["auto", "decoder", "blend"] = "auto",
         layer: str | None = None,
@@ -182,6 +144,7 @@ class JointVAEOutputsMixin:
         batch_size: int | None = None,
         out=None,
         out_std=None,
+        **removed,
     ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
         """Predict ``target`` from the ``source`` modalities only, for every requested cell.
 
@@ -195,12 +158,12 @@ class JointVAEOutputsMixin:
         indices
             Cells to predict (rows of ``adata``; default: all).
         target
-            Modality to predict.
+            Modality to predict: its name (``rna``, ``atac``, ``protein``) or its key in the MuData (e.g. ``prot``).
         source
-            Modalities to predict from (default: all others).
+            Modalities to predict from (default: all others), named either way.
         n_samples
-            Posterior draws of ``z`` for the latent part of the std (only with ``return_std``; 0 leaves it out).
-            The mean never depends on it: it is decoded at the posterior mean.
+            Posterior draws of ``z`` for the latent part of the std (default 10; only with ``return_std``; 0 leaves it
+            out). The mean never depends on it: it is decoded at the posterior mean.
         return_std
             Also return the predictive standard deviation of one measurement of the target on the reported scale,
             the square root of the sum of two parts. The latent part is the mean squared difference between the
@@ -243,7 +206,15 @@ class JointVAEOutputsMixin:
         ``out_std``) instead of DataFrames.
         """
         self._check_if_trained(warn=False)
+        _refuse_removed(removed, "predict")
+        target = self.resolve_modality(target, argument="target")
         sources = self._sources(target, source)
+        if n_samples is not None and not return_std:
+            raise ValueError(
+                f"n_samples={n_samples} sets the posterior draws of the std only; pass return_std=True, or drop "
+                "n_samples (the prediction itself is decoded at the posterior mean)."
+            )
+        n_samples = STD_SAMPLES if n_samples is None else n_samples
         if n_samples < 0:
             raise ValueError(f"n_samples={n_samples}; pass n_samples >= 0.")
         if readout not in READOUTS:
@@ -251,7 +222,8 @@ class JointVAEOutputsMixin:
         if n_neighbors < 1:
             raise ValueError(f"n_neighbors={n_neighbors}; pass n_neighbors >= 1 (or readout='decoder').")
         if readout == "auto":
-            readout = "decoder" if target == "atac" or set(sources) == {"atac"} else "blend"
+            blends = MODALITIES[target].blend and any(MODALITIES[m].blend for m in sources)
+            readout = "blend" if blends else "decoder"
         aligned = self._aligned(adata)
         rows = self._rows(aligned, indices)
         n_features = aligned.mod[self.modalities[target]].n_vars
@@ -275,26 +247,23 @@ class JointVAEOutputsMixin:
             lines = fit_lines(self, reference, decode_alone)
             slope, intercept = (torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in lines)
         measurement_part = return_std and not (reference is not None and reference.n_neighbors)
-        library = self._typical_library(target, batch_size) if measurement_part and target == "rna" else None
+        at_depth = measurement_part and self.module.heads[target].variance_needs_depth
+        library = self._typical_library(target, batch_size) if at_depth else None
         mean_out = _rows_out(out, len(rows), n_features)
         std_out = _rows_out(out_std, len(rows), n_features) if return_std else None
         names, start = np.asarray(aligned.obs_names), 0
+        holds_latent = self.module.heads[target].variance_holds_latent
         for tensors in self._minibatches(adata, rows, batch_size):
-            inputs = self.module._get_inference_input(tensors)
-            has = {m: h.to(self.device) for m, h in inputs["has"].items()}
-            # only the sources are encoded: the other experts would be computed and never used
-            source_has = {m: h if m in sources else torch.zeros_like(h) for m, h in inputs["has"].items()}
-            qz = self.module.fuse(self.module.experts(**{**inputs, "has": source_has}), has, sources)
-            options = {} if library is None else {"library": library}
-            if target == "atac":
-                options["cell_factor"] = self.module.source_cell_factor(inputs["x"], has, inputs["panel"], sources)
-            mean, variance = self._decode(target, qz.loc, tensors, variance=measurement_part, **options)
-            latent = None  # the latent part of the variance (ATAC's p (1 - p) holds it already)
-            if return_std and target != "atac" and n_samples > 0:
-                latent = sum(
-                    (self._decode(target, qz.sample(), tensors, **options)[0] - mean) ** 2 for _ in range(n_samples)
-                )
-                latent = latent / n_samples
+            posterior = self.module.posterior(tensors, sources)
+            qz, state = posterior.qz, posterior.states[target]
+            options = {} if library is None else {"noise_library": library}
+            mean, variance = self.module.readout(
+                target, qz.loc, tensors, state=state, variance=measurement_part, **options
+            )
+            latent = None  # the latent part of the variance (unless the measurement part holds it already)
+            if return_std and not holds_latent and n_samples > 0:
+                draws = (self.module.readout(target, qz.sample(), tensors, state=state)[0] for _ in range(n_samples))
+                latent = sum((draw - mean) ** 2 for draw in draws) / n_samples
             if slope is not None:
                 mean = intercept + slope * mean
                 latent = None if latent is None else slope**2 * latent
@@ -304,7 +273,7 @@ class JointVAEOutputsMixin:
                 nearby, spread, covered = reference.average(qz.loc, names[rows[start:stop]])
                 mean = torch.where(covered > 0, 0.5 * (mean + nearby), mean)
                 variance = torch.where(covered > 0, spread, variance if variance is not None else 0.0)
-            available = (sum(has[m] for m in sources) > 0).unsqueeze(-1)
+            available = posterior.available.unsqueeze(-1)
             mean_out[start:stop] = _masked(mean, available).cpu().numpy()
             if return_std:
                 parts = [v for v in (latent, variance) if v is not None]
@@ -337,23 +306,30 @@ class JointVAEOutputsMixin:
         self,
         adata: MuData | None = None,
         indices: Sequence[int] | None = None,
-        *,
-        modality: str = "rna",
         transform_batch: str | Sequence[str] | None = None,
         gene_list: Sequence[str] | None = None,
-        library_size: float = RNA_TARGET_SUM,
+        library_size: float | Literal["latent"] = 1.0,
         n_samples: int = 1,
+        n_samples_overall: int | None = None,
         batch_size: int | None = None,
         return_mean: bool = True,
         return_numpy: bool = False,
+        *,
+        modality: str = "rna",
+        source: str | Sequence[str] | None = None,
         out=None,
     ) -> pd.DataFrame | np.ndarray:
-        """Denoised values of ``modality`` for every requested cell, decoded from the cell's joint posterior.
+        """Denoised values of ``modality`` on a linear scale, as scvi-tools' method of this name returns them.
 
-        The joint posterior is over the modalities the cell measured, so a cell that did not measure ``modality``
-        gets it imputed from the others; a cell that measured nothing gets NaN. Scales as in :meth:`predict`:
-        ``rna`` log1p of counts per ``library_size``, ``atac`` accessibility probability, ``protein`` the
-        foreground only (background removed), as CLR.
+        ``rna``: expression frequencies times ``library_size`` (scVI's ``scale``; ``"latent"``: the expected counts at
+        the cell's own RNA depth, or the median depth of the training cells where it has none); ``protein``: the
+        foreground rate times the probability of foreground (TOTALVI without background); ``atac``: the probability
+        of an open peak (MULTIVI's ``get_normalized_accessibility``). Fold changes of differential analysis are
+        computed on these values. For pengster's reported scales (log1p per 10k, probability, CLR), use
+        :meth:`get_denoised_values` or :meth:`predict`.
+
+        Decoded from the posterior of the cell's ``source`` modalities (default: all it measured), so a cell that did
+        not measure ``modality`` gets it imputed from the others; a cell with none of the sources gets NaN.
 
         Parameters
         ----------
@@ -361,23 +337,28 @@ class JointVAEOutputsMixin:
             MuData (default: the training data).
         indices
             Cells (rows of ``adata``; default: all).
-        modality
-            Modality to decode.
         transform_batch
             Batch (or batches, averaged) to decode every cell under; default: each cell's own batch (a batch that
             never measured ``modality``: averaged over the batches that did).
         gene_list
             Features to return (default: all).
         library_size
-            ``rna``: counts per this many (log1p of them is returned); ignored for the other modalities.
+            ``rna``: counts per this many, or ``"latent"``; ignored for the other modalities.
         n_samples
             1: decode the posterior mean; more: decode that many posterior draws.
+        n_samples_overall
+            Decode this many cells drawn at random (with replacement) from ``indices``, one draw each (as scvi-tools'
+            differential expression asks); ``n_samples`` is then 1.
         batch_size
             Cells per minibatch.
         return_mean
             With ``n_samples > 1``: their average; False: every draw, array ``(n_samples, n_cells, n_features)``.
         return_numpy
             An array instead of a DataFrame.
+        modality
+            Modality to decode: its name or its key in the MuData.
+        source
+            Modalities whose posterior is decoded (default: all the cell measured), named either way.
         out
             Array of the output's shape supporting ``out[rows] = block`` to write into instead of a new array.
 
@@ -385,8 +366,54 @@ class JointVAEOutputsMixin:
         -------
         DataFrame (cells x features) or array; ``out`` when given.
         """
+        if n_samples_overall is not None:
+            rows = self._rows(self._aligned(adata), indices)
+            indices = np.random.default_rng(scvi.settings.seed).choice(rows, n_samples_overall)
+            n_samples, return_mean = 1, True
+        return self._decoded_values(
+            adata, indices, modality=modality, source=source, transform_batch=transform_batch, gene_list=gene_list,
+            n_samples=n_samples, batch_size=batch_size, return_mean=return_mean, return_numpy=return_numpy, out=out,
+            scale="normalized", library_size=None if library_size == "latent" else library_size,
+        )  # fmt: skip
+
+    @torch.inference_mode()
+    def get_denoised_values(
+        self,
+        adata: MuData | None = None,
+        indices: Sequence[int] | None = None,
+        *,
+        modality: str = "rna",
+        transform_batch: str | Sequence[str] | None = None,
+        gene_list: Sequence[str] | None = None,
+        target_sum: float = RNA_TARGET_SUM,
+        n_samples: int = 1,
+        batch_size: int | None = None,
+        return_mean: bool = True,
+        return_numpy: bool = False,
+        out=None,
+    ) -> pd.DataFrame | np.ndarray:
+        """Denoised values of ``modality`` on pengster's reported scales, decoded from the cell's joint posterior.
+
+        The scales of :meth:`predict` and :func:`~pengster.tl.write_results`: ``rna`` log1p of counts per
+        ``target_sum``, ``atac`` accessibility probability, ``protein`` CLR of the foreground (background removed).
+        Arguments as in :meth:`get_normalized_expression`; a cell that measured nothing gets NaN.
+        """
+        return self._decoded_values(
+            adata, indices, modality=modality, source=None, transform_batch=transform_batch, gene_list=gene_list,
+            n_samples=n_samples, batch_size=batch_size, return_mean=return_mean, return_numpy=return_numpy, out=out,
+            scale="reported", denoised=True, target_sum=target_sum,
+        )  # fmt: skip
+
+    def _decoded_values(
+        self, adata, indices, *, modality, source, transform_batch, gene_list, n_samples, batch_size, return_mean,
+        return_numpy, out, scale, **options,
+    ):  # fmt: skip
+        """Stream a head's read-out (``scale``) of ``modality`` at the posterior of ``source``, by minibatch."""
         self._check_if_trained(warn=False)
-        self._check_modality(modality, argument="modality")
+        modality = self.resolve_modality(modality)
+        if source is not None:
+            source = [source] if isinstance(source, str) else list(source)
+            source = [self.resolve_modality(m, argument="source") for m in source]
         if n_samples < 1:
             raise ValueError(f"n_samples={n_samples}; pass n_samples >= 1.")
         aligned = self._aligned(adata)
@@ -403,26 +430,23 @@ class JointVAEOutputsMixin:
             raise ValueError(f"out has shape {tuple(out.shape)}; pass an array of shape {shape}.")
         values_out = np.empty(shape, dtype=np.float32) if out is None else out
         batches = self._batch_codes(transform_batch)
-        options = {"denoised": True, "target_sum": library_size}
+        latent_library = scale == "normalized" and options.get("library_size", 1.0) is None
+        fallback = self._typical_library(modality, batch_size) if latent_library else None
         start = 0
         for tensors in self._minibatches(adata, rows, batch_size or readout_batch_size(len(features))):
-            inputs = self.module._get_inference_input(tensors)
-            has = {m: h.to(self.device) for m, h in inputs["has"].items()}
-            if modality == "atac":  # the cell's own ATAC cell factor where it measured ATAC, else predicted
-                outputs = self.module.inference(**inputs)
-                experts, own = outputs["experts"], outputs["cell_factor"]
-                measured = [m for m in self.modalities if m != "atac"]
-                imputed = self.module.source_cell_factor(inputs["x"], has, inputs["panel"], measured)
-                options["cell_factor"] = torch.where(has["atac"].view(-1, 1) > 0, own, imputed)
-            else:
-                experts = self.module.experts(**inputs)
-            qz = self.module.fuse(experts, has)
+            posterior = self.module.posterior(tensors, source)
+            qz = posterior.qz
+            if latent_library:
+                measured = posterior.has[modality].view(-1, 1) > 0
+                options["library"] = torch.where(measured, posterior.libraries[modality], fallback)
             draws = [qz.loc] if n_samples == 1 else (qz.sample() for _ in range(n_samples))
-            available = (sum(has.values()) > 0).view(-1, 1)
+            available = posterior.available.view(-1, 1)
             stop = start + qz.loc.shape[0]
             total = 0.0
             for draw, z in enumerate(draws):
-                value, _ = self._decode(modality, z, tensors, batches=batches, **options)
+                value, _ = self.module.readout(
+                    modality, z, tensors, scale=scale, state=posterior.states[modality], batches=batches, **options
+                )
                 value = _masked(value[:, columns], available)
                 if every_draw:
                     values_out[draw, start:stop] = value.cpu().numpy()
@@ -434,3 +458,17 @@ class JointVAEOutputsMixin:
         if out is not None or return_numpy or every_draw:
             return values_out
         return self._frame(values_out, aligned.obs_names[rows], features)
+
+
+def _refuse_removed(removed: dict, method: str) -> None:
+    """A clear error for keyword arguments that pengster 0.1 took and 0.2 renamed (naming the new one)."""
+    renamed = {
+        "reference_neighbors": "n_neighbors (with readout='blend')",
+        "reference_layer": "layer",
+        "use_reference": "readout='blend'",
+    }
+    for name in removed:
+        if name in renamed:
+            raise TypeError(f"{method}() got {name}=, which pengster 0.2 renamed; pass {renamed[name]} instead.")
+    if removed:
+        raise TypeError(f"{method}() got unexpected keyword arguments {sorted(removed)}.")

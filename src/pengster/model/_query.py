@@ -84,7 +84,6 @@ def extend_prepared(prepared: Prepared, summary: ReferenceSummary, registry: dic
         modalities=prepared.modalities,
         feature_masks=masks,
         batch_has_modality=table,
-        protein_background=prepared.protein_background,
     )
 
 
@@ -109,7 +108,7 @@ def transfer_weights(reference: JointVAEModule, query: JointVAEModule) -> None:
     """Copy the reference's weights into the (wider) query module, in place.
 
     Linear layers that take one-hot covariates get the reference's columns at their categories' positions; other
-    tensors that grew (feature masks, modality table, protein background) keep the reference's values in their
+    tensors that grew (feature masks, modality table, per-batch head parameters) keep the reference's values in their
     leading rows/columns and the query module's own values in the new ones.
     """
     state = dict(query.state_dict())
@@ -157,7 +156,7 @@ def freeze_reference(
     for parameter in module.parameters():
         parameter.requires_grad = False
     for name, layer in module.named_modules():
-        is_encoder = not name.startswith("decoders.")
+        is_encoder = module.is_encoder_part(name)
         if isinstance(layer, FCLayers):
             free_first = (is_encoder and not freeze_expression) or (not is_encoder and not freeze_decoder_first_layer)
             for block in layer.fc_layers:
@@ -174,8 +173,9 @@ def freeze_reference(
                     parameter.requires_grad = True
         elif isinstance(layer, nn.Dropout) and freeze_dropout:
             layer.p = 0.0
-    if "protein" in module.decoders:
-        module.decoders["protein"].log_background.requires_grad = True
+    for head in module.heads.values():
+        for parameter_name in head.QUERY_FREE:
+            getattr(head, parameter_name).requires_grad = True
 
 
 def load_query_data(

@@ -14,7 +14,7 @@ from scvi.data.fields import (
     MuDataNumericalObsField,
 )
 
-from pengster._constants import REGISTRY_KEYS
+from pengster._constants import MODALITIES, REGISTRY_KEYS
 from pengster.data import _align
 from pengster.data._prepare import Prepared
 
@@ -23,7 +23,13 @@ def register(prepared: Prepared, setup_method_args: dict, **kwargs):
     """Register the aligned MuData with scvi-tools fields; returns the :class:`~scvi.data.AnnDataManager`."""
     obs = prepared.aligned.obs
     fields = [
-        MuDataLayerField(REGISTRY_KEYS.counts(modality), None, mod_key=mod_key, is_count_data=True, mod_required=True)
+        MuDataLayerField(
+            REGISTRY_KEYS.counts(modality),
+            None,
+            mod_key=mod_key,
+            is_count_data=MODALITIES[modality].counts,
+            mod_required=True,
+        )
         for modality, mod_key in prepared.modalities.items()
     ]
     fields += [

@@ -16,7 +16,7 @@ from torch.distributions import Normal, kl_divergence
 
 from pengster.nn import encoder_moments, product_of_experts
 
-from ._inputs import rna_encoder_input
+from ._rna import log_normalized
 
 MIN_SHARED_GENES = 10
 """Fewer shared genes than this make no bridge (it could not tell cell types apart)."""
@@ -56,7 +56,7 @@ def bridge_posterior(
     rows = has_rna.nonzero().view(-1) if rows is None else rows
     if rows.numel() > 0:
         mask = module.bridge_mask * module.feature_mask("rna", panel[rows])
-        own_mean, own_variance = encoder_moments(module.bridge_encoder, rna_encoder_input(x_rna[rows].float(), mask))
+        own_mean, own_variance = encoder_moments(module.bridge_encoder, log_normalized(x_rna[rows].float(), mask))
         mean = mean.index_copy(0, rows, own_mean)
         variance = variance.index_copy(0, rows, own_variance)
     return product_of_experts([mean], [variance], [has_rna.float()])

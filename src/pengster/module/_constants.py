@@ -21,9 +21,10 @@ class MODULE_KEYS:
     """Modality -> the indices of the cells that measured it."""
     LIBRARY: Final = "library"
     """Modality -> ``(n_cells, 1)`` total counts over the measured features (at least 1)."""
-    CELL_FACTOR: Final = "cell_factor"
-    """``(n_cells, 1)`` ATAC cell factor (encoded where ATAC was measured, else the running mean); None without ATAC."""
+    STATE: Final = "state"
+    """Modality -> its head's per-cell state inferred from its own counts (ATAC: the cell factor ``(n_cells, 1)``,
+    encoded where ATAC was measured, else the running mean), or None for heads without one."""
     PX: Final = "px"
-    """Modality -> ``(distribution, parts)`` over the reconstruction pairs, or None where there are none."""
+    """Modality -> the distribution over the reconstruction pairs, or None where there are none."""
     PAIRS: Final = "pairs"
     """Modality -> ``(posterior, cell, weight)`` of the reconstruction terms (see ``module/_pairs.py``)."""

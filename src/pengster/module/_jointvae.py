@@ -12,41 +12,43 @@ from torch import nn
 from torch.distributions import Normal
 
 from pengster._constants import REGISTRY_KEYS
-from pengster.nn import (
-    ATACDecoder,
-    CellFactorEncoder,
-    CellFactorPredictor,
-    LogitScale,
-    ProjectionHead,
-    ProteinDecoder,
-    RNADecoder,
-    encoder_moments,
-    product_of_experts,
-)
+from pengster.nn import LogitScale, ProjectionHead, encoder_moments, product_of_experts
 from pengster.nn._precision import autocast_off
 
-from . import _cell_factor, _pairs
+from . import _atac, _pairs, _protein, _rna  # noqa: F401 - each head file adds its head to HEADS
 from ._bridge import bridge_posterior, shared_genes
 from ._constants import MODULE_KEYS
-from ._inputs import ENCODER_INPUTS
+from ._head import HEADS, HeadInput
 from ._loss import interdependent_elbo
+from ._readout import ReadoutMixin
 
 _NORM = {"use_batch_norm": False, "use_layer_norm": True}
 # Layer norm, not batch norm: a mosaic minibatch may hold a single cell of a modality, and the statistics of
 # padded rows (cells without the modality) must never enter the normalisation.
 
 
+_RENAMED_0_2 = (
+    ("decoders", "heads"),
+    ("cell_factor_encoder", "heads.atac.cell_factor_encoder"),
+    ("cell_factor_predictor", "heads.atac.cell_factor_predictor"),
+    ("atac_cell_factor_mean", "heads.atac.cell_factor_mean"),
+)
+"""Weights of pengster 0.2 that moved into the heads: old name prefix -> new one."""
+
+
 def _long_or_none(values: torch.Tensor | None) -> torch.Tensor | None:
     return None if values is None else values.long()
 
 
-class JointVAEModule(BaseModuleClass):
+class JointVAEModule(ReadoutMixin, BaseModuleClass):
     """The torch module behind :class:`pengster.model.JointVAE`.
 
-    ``inference``, ``generative`` and ``loss`` change none of the module's buffers (torch's batch-norm layers in the
-    decoders keep their statistics as in any torch model); what training learns besides the weights (the running mean
-    of the ATAC cell factor and the cell-factor regression) is updated by :meth:`update_running_statistics`, which the
-    training plan calls once per training step.
+    Each modality is a head (``module/_rna.py``, ``_atac.py``, ``_protein.py``; see ``module/_head.py``), built from
+    :data:`~pengster.module._head.HEADS`; the module itself names no modality. ``inference``, ``generative`` and
+    ``loss`` change none of the module's buffers (torch's batch-norm layers in the decoders keep their statistics as in
+    any torch model); what training learns besides the weights (the heads' running statistics, e.g. ATAC's mean cell
+    factor) is updated by :meth:`update_running_statistics`, which the training plan calls once per training step.
+    Read-outs go through :meth:`posterior` and :meth:`readout`.
 
     Parameters
     ----------
@@ -67,8 +69,6 @@ class JointVAEModule(BaseModuleClass):
         Sizes of the networks.
     encode_covariates
         Give the batch and covariates to the encoders too.
-    rna_likelihood, atac_likelihood
-        ``nb``/``zinb`` and ``bernoulli``/``poisson``.
     cross_weight
         Weight of each single-modality posterior's ELBO (the interdependent terms).
     contrastive_weight
@@ -81,15 +81,13 @@ class JointVAEModule(BaseModuleClass):
     bridge_weight
         Weight of the KL term that pulls each cell's joint posterior towards its RNA bridge posterior (from an
         encoder of the genes every panel measured, blind to the dataset); 0 builds no bridge. Needs ``rna``.
-    protein_background_init
-        Initial log background rate per protein.
-    predict_cell_factor
-        Predict the ATAC cell factor of cells without ATAC from the depth of their other modalities (see
-        :class:`~pengster.nn.CellFactorPredictor`); False decodes them with the mean factor.
     cross_terms
         ``all``: decode every reconstruction term; ``sampled`` / ``single``: in training, importance-sampled terms
         (an unbiased estimate of the same loss with fewer decodes; see ``module/_pairs.py``).
-
+    **head_options
+        Options of the heads, each named as its head's ``OPTIONS`` declare: ``rna_likelihood`` (``nb``/``zinb``),
+        ``atac_likelihood`` (``bernoulli``/``poisson``), ``predict_cell_factor`` (predict the ATAC cell factor of
+        cells without ATAC from the depth of their other modalities; False decodes them with the mean factor).
     """
 
     def __init__(
@@ -106,17 +104,14 @@ class JointVAEModule(BaseModuleClass):
         n_layers: int = 1,
         dropout_rate: float = 0.1,
         encode_covariates: bool = False,
-        rna_likelihood: Literal["nb", "zinb"] = "nb",
-        atac_likelihood: Literal["bernoulli", "poisson"] = "bernoulli",
         cross_weight: float = 1.0,
         contrastive_weight: float = 1.0,
         temperature: float = 0.1,
         learn_temperature: bool = True,
         mixing_weight: float = 0.0,
         bridge_weight: float = 0.0,
-        protein_background_init: torch.Tensor | None = None,
-        predict_cell_factor: bool = True,
         cross_terms: Literal["all", "sampled", "single"] = "all",
+        **head_options,
     ):
         super().__init__()
         if cross_terms not in _pairs.CROSS_TERMS:
@@ -137,7 +132,6 @@ class JointVAEModule(BaseModuleClass):
         if batch_has_modality is None:
             batch_has_modality = torch.ones(n_batch, len(self.modalities))
         self.register_buffer("batch_has_modality", batch_has_modality.float())
-        self.register_buffer("atac_cell_factor_mean", torch.tensor(0.5))
         # set by reference mapping: the query keeps the reference's running statistics
         self.freeze_running_stats = False
 
@@ -173,34 +167,53 @@ class JointVAEModule(BaseModuleClass):
                 return_dist=True,
                 **_NORM,
             )
-        decoders = {}
-        if "rna" in n_features:
-            decoders["rna"] = RNADecoder(
-                n_decoder_input, n_features["rna"], decoder_cats, n_hidden=n_hidden, likelihood=rna_likelihood
-            )
-        if "atac" in n_features:
-            decoders["atac"] = ATACDecoder(
-                n_decoder_input, n_features["atac"], decoder_cats, n_hidden=n_hidden, likelihood=atac_likelihood
-            )
-            self.cell_factor_encoder = CellFactorEncoder(n_features["atac"], encoder_cats)
-        others = tuple(m for m in self.modalities if m != "atac")
-        self.depth_sources = others if predict_cell_factor and "atac" in n_features else ()
-        if self.depth_sources:
-            self.cell_factor_predictor = CellFactorPredictor(len(self.depth_sources))
-        if "protein" in n_features:
-            decoders["protein"] = ProteinDecoder(
-                n_decoder_input,
-                n_features["protein"],
-                n_batch,
-                decoder_cats,
-                n_hidden=n_hidden,
-                background_init=protein_background_init,
-            )
-        self.decoders = nn.ModuleDict(decoders)
+        unknown = set(n_features) - set(HEADS)
+        if unknown:
+            raise ValueError(f"no head for the modalities {sorted(unknown)}; heads exist for {sorted(HEADS)}.")
+        known = {name for head in HEADS.values() for name in head.OPTIONS}
+        if set(head_options) - known:
+            raise TypeError(f"JointVAEModule got unexpected arguments {sorted(set(head_options) - known)}.")
+        self.heads = nn.ModuleDict(
+            {
+                modality: HEADS[modality](
+                    n_features[modality],
+                    n_decoder_input,
+                    decoder_cats,
+                    n_batch=n_batch,
+                    n_hidden=n_hidden,
+                    n_layers=n_layers,
+                    encoder_cats=encoder_cats,
+                    modalities=self.modalities,
+                    **{
+                        own: head_options[name] for name, own in HEADS[modality].OPTIONS.items() if name in head_options
+                    },
+                )
+                for modality in self.modalities
+            }
+        )
         self.projection_heads = nn.ModuleDict({modality: ProjectionHead(n_latent) for modality in self.modalities})
         self.logit_scale = LogitScale(temperature, learnable=learn_temperature)
 
     # ----------------------------------------------------------------------------------------- helpers
+    def is_encoder_part(self, name: str) -> bool:
+        """Whether the submodule ``name`` (as in ``named_modules``) encodes: all but the heads' decoding parts."""
+        if not name.startswith("heads."):
+            return True
+        _, modality, *rest = name.split(".")
+        return bool(rest) and rest[0] in self.heads[modality].ENCODER_PARTS
+
+    @staticmethod
+    def upgrade_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The weights of a model saved by pengster 0.2 under the names of the head modules (others unchanged)."""
+        upgraded = {}
+        for key, value in state.items():
+            for old, new in _RENAMED_0_2:
+                if key == old or key.startswith(old + "."):
+                    key = new + key[len(old) :]
+                    break
+            upgraded[key] = value
+        return upgraded
+
     def feature_mask(self, modality: str, panel: torch.Tensor) -> torch.Tensor:
         """Per-cell feature mask of shape ``(n_cells, n_features)`` (a broadcast view with a single panel)."""
         table = getattr(self, f"feature_mask_{modality}")
@@ -231,7 +244,7 @@ class JointVAEModule(BaseModuleClass):
             "cat_covs": _long_or_none(tensors.get(REGISTRY_KEYS.CAT_COVS)),
             "panel": tensors[REGISTRY_KEYS.PANEL].long(),
             "library": inference_outputs[MODULE_KEYS.LIBRARY],
-            "cell_factor": inference_outputs[MODULE_KEYS.CELL_FACTOR],
+            "state": inference_outputs[MODULE_KEYS.STATE],
             "pairs": self.reconstruction_pairs(inference_outputs[MODULE_KEYS.HAS]),
             "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS),
             "size_factor": tensors.get(REGISTRY_KEYS.SIZE_FACTOR),
@@ -273,7 +286,7 @@ class JointVAEModule(BaseModuleClass):
             cells = rows[modality]
             if cells.numel() > 0:
                 mask = self.feature_mask(modality, panel[cells])
-                encoder_input = ENCODER_INPUTS[modality](x[modality][cells].float(), mask)
+                encoder_input = self.heads[modality].encoder_input(x[modality][cells].float(), mask)
                 own_mean, own_variance = encoder_moments(
                     self.encoders[modality], encoder_input, *[c[cells] for c in categoricals]
                 )
@@ -312,7 +325,7 @@ class JointVAEModule(BaseModuleClass):
             MODULE_KEYS.HAS: has,
             MODULE_KEYS.ROWS: rows,
             MODULE_KEYS.LIBRARY: self.libraries(x, panel),
-            MODULE_KEYS.CELL_FACTOR: self._cell_factor(x, panel, batch_index, cat_covs, rows),
+            MODULE_KEYS.STATE: self.cell_states(x, panel, batch_index, cat_covs, rows),
         }
 
     def libraries(self, x: Mapping[str, torch.Tensor], panel: torch.Tensor) -> dict:
@@ -322,41 +335,40 @@ class JointVAEModule(BaseModuleClass):
             for m in self.modalities
         }
 
-    @auto_move_data
-    def source_cell_factor(self, x, has, panel, sources: Sequence[str]) -> torch.Tensor:
-        """ATAC cell factor ``(n_cells, 1)`` for decoding ATAC from ``sources``: predicted from their depth.
-
-        The mean factor when the module does not predict it (``predict_cell_factor=False``, or a model saved before
-        the predictor existed).
-        """
-        if not self.depth_sources or not self.cell_factor_predictor.fitted:
-            return self.atac_cell_factor_mean.expand(panel.shape[0], 1)
-        inputs = _cell_factor.depth_inputs(self, self.libraries(x, panel), has, sources)
-        return torch.sigmoid(self.cell_factor_predictor(*inputs))
-
-    def _cell_factor(self, x, panel, batch_index, cat_covs, rows) -> torch.Tensor | None:
-        if "atac" not in self.modalities:
-            return None
+    def cell_states(self, x, panel, batch_index, cat_covs, rows) -> dict[str, torch.Tensor | None]:
+        """Modality -> its head's per-cell state from its own counts (see :meth:`Head.cell_state`)."""
         categoricals = self._encoder_categoricals(panel, batch_index, cat_covs)
-        return _cell_factor.encoded_cell_factor(self, x["atac"], panel, categoricals, rows["atac"])
+        states = {}
+        for modality, head in self.heads.items():
+            cells = rows[modality]
+            states[modality] = head.cell_state(
+                x[modality][cells].float(),
+                cells,
+                self.feature_mask(modality, panel[cells]),
+                [c[cells] for c in categoricals],
+                panel.shape[0],
+            )
+        return states
 
     def update_running_statistics(self, inference_outputs: Mapping) -> None:
-        """Fold a training minibatch into the running mean of the ATAC cell factor and the cell-factor regression.
+        """Fold a training minibatch into the heads' running statistics (e.g. ATAC's mean cell factor).
 
         The one place, besides the optimizer, where training changes the module: the training plan calls it after
-        each training step's forward pass (see ``module/_cell_factor.py``).
+        each training step's forward pass.
         """
-        _cell_factor.update_statistics(self, inference_outputs)
+        for head in self.heads.values():
+            head.update_statistics(inference_outputs)
 
     # ----------------------------------------------------------------------------------------- generative
     @auto_move_data
     def generative(
-        self, z, batch_index, cat_covs, panel, library, cell_factor, pairs, cont_covs=None, size_factor=None
+        self, z, batch_index, cat_covs, panel, library, state, pairs, cont_covs=None, size_factor=None
     ) -> dict:
         """Decode ``z`` of shape ``(n_posteriors, n_cells, n_latent)`` at each modality's (posterior, cell) pairs.
 
-        See :meth:`reconstruction_pairs`; returns modality -> ``(distribution, parts)`` over the pairs.
-        ``size_factor`` ``(n_cells, 1)``, when given, is the RNA library size in place of the observed totals.
+        See :meth:`reconstruction_pairs`; returns modality -> distribution over the pairs. ``state``: modality -> the
+        heads' per-cell states. ``size_factor`` ``(n_cells, 1)``, when given, is the RNA library size in place of the
+        observed totals.
         """
         categoricals = self._categoricals(batch_index, cat_covs)
         if size_factor is not None and "rna" in library:
@@ -366,18 +378,17 @@ class JointVAEModule(BaseModuleClass):
             if cell.numel() == 0:
                 outputs[modality] = None
                 continue
-            outputs[modality] = self.decode(
-                modality,
-                z[posterior, cell],
+            inputs = HeadInput(
                 [c[cell] for c in categoricals],
                 self.feature_mask(modality, panel[cell]),
                 library[modality][cell],
-                cell_factor[cell] if cell_factor is not None else None,
-                cont_covs=None if cont_covs is None else cont_covs[cell],
+                None if state[modality] is None else state[modality][cell],
+            )
+            outputs[modality] = self.decode(
+                modality, z[posterior, cell], inputs, None if cont_covs is None else cont_covs[cell]
             )
         return {MODULE_KEYS.PX: outputs, MODULE_KEYS.PAIRS: pairs}
 
-    # ----------------------------------------------------------------------------------------- continuous covariates
     def decoder_input(self, z: torch.Tensor, cont_covs: torch.Tensor | None) -> torch.Tensor:
         """``z`` with the continuous covariates ``(n_cells, n_continuous_cov)`` appended (MULTIVI's decoder input)."""
         if self.n_continuous_cov == 0:
@@ -391,15 +402,9 @@ class JointVAEModule(BaseModuleClass):
         cont_covs = cont_covs.to(z.dtype).expand(*z.shape[:-1], cont_covs.shape[-1])
         return torch.cat([z, cont_covs], dim=-1)
 
-    def decode(self, modality, z, categoricals, feature_mask, library=None, cell_factor=None, *, cont_covs=None):
-        """Decode one modality; return ``(distribution, parts)``."""
-        z = self.decoder_input(z, cont_covs)
-        if modality == "rna":
-            return self.decoders["rna"](z, library if library is not None else 1.0, feature_mask, *categoricals)
-        if modality == "atac":
-            lib = library if library is not None else 1.0
-            return self.decoders["atac"](z, cell_factor, lib, feature_mask, *categoricals)
-        return self.decoders["protein"](z, categoricals[0], *categoricals)
+    def decode(self, modality: str, z: torch.Tensor, inputs: HeadInput, cont_covs=None):
+        """The distribution of ``modality`` at ``z`` ``(..., n_cells, n_latent)`` (its head's decoder)."""
+        return self.heads[modality](self.decoder_input(z, cont_covs), inputs)
 
     # ----------------------------------------------------------------------------------------- loss
     @autocast_off()

@@ -38,8 +38,8 @@ def interdependent_elbo(module, tensors, inference_outputs, generative_outputs, 
         posterior, cell, weight = generative_outputs[MODULE_KEYS.PAIRS][modality]
         joint_nll = qz.loc.new_zeros(n_cells)
         if cell.numel() > 0:
-            px, _ = generative_outputs[MODULE_KEYS.PX][modality]
-            x = tensors[REGISTRY_KEYS.counts(modality)][cell].float()
+            px = generative_outputs[MODULE_KEYS.PX][modality]
+            x = module.heads[modality].scored(tensors[REGISTRY_KEYS.counts(modality)][cell])
             mask = module.feature_mask(modality, panel[cell])
             weighted = weight * -(px.log_prob(x) * mask).sum(-1)
             per_cell = per_cell.index_add(0, cell, weighted)

@@ -10,20 +10,26 @@ import numpy as np
 import pandas as pd
 from mudata import MuData
 
+from pengster._constants import MODALITIES
 from pengster._version import __version__
 
 logger = logging.getLogger(__name__)
 
 MAX_DEFAULT_PEAKS = 10_000
-"""``targets=None`` leaves ``atac`` out when it has more peaks than this (a cells x peaks prediction of an atlas is
-tens of GB); name it in ``targets`` (with ``features`` for a subset of peaks) to write it."""
+"""``targets=None`` leaves out a modality whose table entry says ``wide`` (``atac``) when it has more features than
+this (a cells x peaks prediction of an atlas is tens of GB); name it in ``targets`` (with ``features`` for a subset of
+peaks) to write it."""
 DTYPES = (np.float32, np.float16)
 
 
 def default_targets(model) -> list[str]:
     """The modalities ``write_results`` predicts and denoises by default (see ``MAX_DEFAULT_PEAKS`` (10,000))."""
-    wide_atac = "atac" in model.modalities and model.adata.mod[model.modalities["atac"]].n_vars > MAX_DEFAULT_PEAKS
-    return [m for m in model.modalities if not (m == "atac" and wide_atac)]
+
+    def left_out(modality: str) -> bool:
+        n_features = model.adata.mod[model.modalities[modality]].n_vars
+        return MODALITIES[modality].wide and n_features > MAX_DEFAULT_PEAKS
+
+    return [m for m in model.modalities if not left_out(m)]
 
 
 def _planned_keys(model, mdata: MuData, key_added: str, targets: Sequence[str], features) -> dict[str, list[str]]:
@@ -117,7 +123,7 @@ def write_results(
         as much for its std); pass ``targets=["rna", "atac", ...]`` to include it.
     features
         Modality -> feature names to predict (default: all). A layer holds every feature of its modality, so a
-        modality named here gets no denoised layer (call ``model.get_normalized_expression(gene_list=...)``).
+        modality named here gets no denoised layer (call ``model.get_denoised_values(gene_list=...)``).
     key_added
         Prefix of every key.
     n_samples
@@ -138,18 +144,16 @@ def write_results(
     if np.dtype(dtype) not in [np.dtype(d) for d in DTYPES]:
         raise ValueError(f"dtype={dtype!r}; pass np.float32 or np.float16.")
     targets = default_targets(model) if targets is None else [targets] if isinstance(targets, str) else list(targets)
-    for modality in targets:
-        model._check_modality(modality, argument="targets")
-    features = dict(features or {})
+    targets = [model.resolve_modality(modality, argument="targets") for modality in targets]
+    features = {model.resolve_modality(m, argument="features"): names for m, names in dict(features or {}).items()}
     unknown = sorted(set(features) - set(targets))
     if unknown:
         raise ValueError(f"features names {unknown}, which are not in targets={targets}; add them to targets.")
     keys = _planned_keys(model, mdata, key_added, targets, features)
     _check_clashes(mdata, keys, key_added, overwrite)
 
-    aligned = model._aligned(mdata)
-    # rows of the model's view of mdata, in the order of mdata.obs_names
-    order = aligned.obs_names.get_indexer(mdata.obs_names)
+    # the model's view of mdata has the cells of mdata.obs_names, in that order
+    order = np.arange(mdata.n_obs)
     results = {f"X_{key_added}": model.get_latent_representation(mdata, order, batch_size=batch_size)}
     for modality in model.modalities:
         results[f"X_{key_added}_{modality}"] = model.get_latent_representation(
@@ -178,9 +182,9 @@ def write_results(
     for entry in keys["layers"]:
         mod_key = entry.split("/")[0]
         modality = next(m for m, key in model.modalities.items() if key == mod_key)
-        cells = aligned.obs_names.get_indexer(mdata.mod[mod_key].obs_names)
+        cells = mdata.obs_names.get_indexer(mdata.mod[mod_key].obs_names)
         values = np.empty((len(cells), mdata.mod[mod_key].n_vars), dtype=dtype)
-        model.get_normalized_expression(mdata, cells, modality=modality, batch_size=batch_size, out=values)
+        model.get_denoised_values(mdata, cells, modality=modality, batch_size=batch_size, out=values)
         denoised[mod_key] = values
 
     # everything is computed: only now touch the user's object
@@ -193,7 +197,7 @@ def write_results(
         "version": __version__,
         "model": json.dumps(model.init_params_, default=str),
         "modalities": json.dumps(model.modalities),
-        "scales": json.dumps({"rna": "log1p counts per 10k", "atac": "probability", "protein": "CLR of counts"}),
+        "scales": json.dumps({m: MODALITIES[m].scale for m in model.modalities}),
         "written": written,
     }
     logger.info("wrote %s", written)

@@ -1,9 +1,34 @@
-"""The ATAC cell factor of a cell whose ATAC is not observed, predicted from the depth of its other modalities."""
+"""The PeakVI cell factor of the ATAC head: encoded where ATAC was measured, else predicted from the other depths.
+
+Training updates two running statistics besides the weights, both only from the training plan
+(:meth:`~pengster.module.JointVAEModule.update_running_statistics`): the mean encoded factor, which decodes ATAC for
+cells without it, and the regression (:class:`CellFactorPredictor`) that predicts their factor from the depth of
+their other modalities.
+"""
 
 from __future__ import annotations
 
 import torch
+from scvi.nn import FCLayers
 from torch import nn
+
+from ._head import hidden
+
+MEAN_RATE = 0.01
+"""Weight of a training minibatch in the running mean of the encoded cell factors."""
+
+
+class CellFactorEncoder(nn.Module):
+    """The PeakVI per-cell accessibility factor in ``(0, 1)``, encoded from the cell's own peaks."""
+
+    def __init__(self, n_peaks: int, n_cat_list, *, n_hidden: int = 64):
+        super().__init__()
+        self.layers = FCLayers(n_peaks, n_hidden, n_cat_list=list(n_cat_list), n_layers=1, n_hidden=n_hidden)
+        self.output = nn.Linear(n_hidden, 1)
+
+    def forward(self, x: torch.Tensor, *categoricals: torch.Tensor) -> torch.Tensor:
+        """Return the factor of shape ``(n_cells, 1)``."""
+        return torch.sigmoid(self.output(hidden(self.layers, x, *categoricals)).float())
 
 
 class CellFactorPredictor(nn.Module):
@@ -39,12 +64,6 @@ class CellFactorPredictor(nn.Module):
     def fitted(self) -> bool:
         """Whether any minibatch has been folded in."""
         return bool(self.n_updates.item() > 0)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # a model saved before the predictor existed loads with it unfitted (and decodes with the mean factor)
-        for name, buffer in self._buffers.items():
-            state_dict.setdefault(prefix + name, buffer)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _raw(self, log_library: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         ones = torch.ones_like(present[:, :1])

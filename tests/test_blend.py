@@ -159,10 +159,10 @@ def test_layer_errors_name_the_layer_and_the_fix(model):
 
 
 def test_reference_reads_only_its_chosen_cells(model, monkeypatch):
-    from pengster.model import _neighbors
+    from pengster.model import _blend
 
-    monkeypatch.setattr(_neighbors, "MAX_REFERENCE_CELLS", 20)
-    reference = _neighbors.Reference(model, "protein", 5)
+    monkeypatch.setattr(_blend, "MAX_REFERENCE_CELLS", 20)
+    reference = _blend.Reference(model, "protein", 5)
     measured = model.mdata.obs_names.isin(model.mdata["prot"].obs_names)
     assert reference.size == 20 and reference.values.shape[0] == 20 and reference.latent.shape[0] == 20
     assert measured[reference.rows].all() and (np.diff(reference.rows) > 0).all()

@@ -1,4 +1,4 @@
-"""The reference read-out of :meth:`~pengster.model.JointVAE.predict`: what the nearest training cells measured.
+"""The ``blend`` read-out of :meth:`~pengster.model.JointVAE.predict`: what the nearest training cells measured.
 
 A cell's prediction from the decoder alone is limited by the latent's few dimensions; the training cells around it
 carry the rest (gene-gene structure the decoder smooths away). ``predict(readout="blend")`` averages the two.
@@ -12,7 +12,6 @@ from scipy import sparse
 
 from pengster._constants import REGISTRY_KEYS
 from pengster.data._align import has_column
-from pengster.module._inputs import observed_values
 
 MAX_REFERENCE_CELLS = 50_000
 """More training cells than this measured the target: a random subset of this many (seed 0) is the reference."""
@@ -58,20 +57,15 @@ class Reference:
         latents, values, panels = [], [], []
         with _caller_random_state(model), torch.inference_mode():
             for tensors in model._minibatches(None, measured, batch_size):
-                inputs = module._get_inference_input(tensors)
-                has = {m: h.to(model.device) for m, h in inputs["has"].items()}
                 if n_neighbors:  # the latent is only searched for neighbours
-                    latents.append(module.fuse(module.experts(**inputs), has).loc.cpu().numpy())
-                panel = inputs["panel"].to(model.device).long().view(-1)
-                counts = tensors[REGISTRY_KEYS.counts(target)].to(model.device).float()
-                observed = observed_values(target, counts, module.feature_mask(target, panel))
-                values.append(sparse.csr_matrix(observed.cpu().numpy()))
-                panels.append(panel.cpu().numpy())
+                    latents.append(module.posterior(tensors, states=False).qz.loc.cpu().numpy())
+                values.append(sparse.csr_matrix(module.observed(target, tensors).cpu().numpy()))
+                panels.append(tensors[REGISTRY_KEYS.PANEL].long().view(-1).numpy())
         if n_neighbors:
             self.latent = torch.as_tensor(np.concatenate(latents), device=model.device)
         self.rows = measured
         self.names = np.asarray(model.adata.obs_names[self.rows])
-        table = getattr(module, f"feature_mask_{target}").cpu().numpy()
+        table = module.panel_features(target).cpu().numpy()
         # panel one-hot @ mask table = each reference cell's measured features, without a cells x features matrix
         panel = np.concatenate(panels)
         values = (
