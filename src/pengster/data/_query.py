@@ -14,11 +14,11 @@ import pandas as pd
 from scvi.model.base import BaseModelClass
 
 from pengster._constants import DATASET_KEY, MEASURED_VARM_KEY, REGISTRY_KEYS
+from pengster.io._reference import ReferenceSummary, describe_reference
 
 from ._checks import check_mudata
 from ._frames import padded_csr
 from ._prepare import default_modalities
-from ._reference import ReferenceSummary, describe_reference
 
 logger = logging.getLogger(__name__)
 

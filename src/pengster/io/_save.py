@@ -152,6 +152,11 @@ def registry_modalities(registry: Mapping) -> dict[str, str]:
     }
 
 
+def model_var_names(model) -> dict[str, pd.Index]:
+    """``mdata.mod`` key -> the features of a JointVAE, in order: what a save records and a query is aligned to."""
+    return {key: model.adata.mod[key].var_names for key in model.modalities.values()}
+
+
 def write_folder(
     dir_path: str | os.PathLike,
     *,
@@ -302,7 +307,7 @@ def save_model(
         "registry": model.adata_manager.registry,
         "init_params": model.init_params_,
         "attributes": attributes,
-        "var_names": {key: model.adata.mod[key].var_names for key in model.modalities.values()},
+        "var_names": model_var_names(model),
     }
     write_data = None
     if save_anndata:

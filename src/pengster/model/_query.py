@@ -27,8 +27,8 @@ from pengster._constants import REGISTRY_KEYS
 from pengster.data import _align
 from pengster.data._prepare import Prepared, prepare_from_args
 from pengster.data._query import is_prepared, prepare_query
-from pengster.data._reference import ReferenceSummary, describe_reference
 from pengster.io import _load
+from pengster.io._reference import ReferenceSummary, describe_reference
 from pengster.module import JointVAEModule
 
 from . import _setup

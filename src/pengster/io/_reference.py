@@ -1,4 +1,8 @@
-"""What query mapping needs from a trained reference: its modalities, features, setup arguments and weights."""
+"""What query mapping needs from a trained reference, read from the model or from the folder it was saved to.
+
+Its modalities, features, setup arguments and weights; ``pengster.data.prepare_query`` aligns a query's features
+with them, and ``JointVAE.load_query_data`` builds the query model from them.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,7 @@ import pandas as pd
 import torch
 from scvi.model.base import BaseModelClass
 
-from pengster._constants import MODALITIES, REGISTRY_KEYS
-from pengster.io import _load, _save
+from . import _load, _save
 
 
 @dataclass
@@ -57,18 +60,13 @@ def describe_reference(reference: BaseModelClass | str | Path, model_cls: type |
         if not reference.is_trained_:
             raise ValueError("the reference JointVAE is not trained; call reference.train() first.")
         registry, init_params = reference.registry_, reference.init_params_
-        var_names = reference.get_var_names()
+        if registry.get("model_name") != "JointVAE":  # a saved folder's was checked as it was read
+            raise ValueError(f"reference is a {registry.get('model_name')} model; load_query_data needs a JointVAE.")
+        var_names = _save.model_var_names(reference)
         state_dict = {k: v.detach().cpu().clone() for k, v in reference.module.state_dict().items()}
         weights_file = None
-    if registry.get("model_name") != "JointVAE":
-        raise ValueError(f"reference is a {registry.get('model_name')} model; load_query_data needs a JointVAE.")
-    modalities = {
-        modality: registry["field_registries"][REGISTRY_KEYS.counts(modality)]["data_registry"]["mod_key"]
-        for modality in MODALITIES
-        if REGISTRY_KEYS.counts(modality) in registry["field_registries"]
-    }
     return ReferenceSummary(
-        modalities=modalities,
+        modalities=_save.registry_modalities(registry),
         var_names={key: pd.Index(names) for key, names in var_names.items()},
         setup_args=dict(registry["setup_args"]),
         registry=registry,
