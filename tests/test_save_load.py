@@ -356,6 +356,21 @@ def test_0_1_setup_arguments_take_the_form_of_the_current_setup_mudata(trained):
     assert setup_args_for(JointVAE.setup_mudata, model.registry_) == model.registry_["setup_args"]
 
 
+def test_a_save_missing_weights_is_refused_not_filled_in(trained, tmp_path):
+    """A save without some of the module's tensors (here the ATAC cell factor predictor's) is not loaded with
+    fresh values in their place: the weights of a model are all of its state_dict."""
+    mdata, model = trained
+    folder = tmp_path / "model"
+    model.save(folder)
+    weights = load_file(folder / WEIGHTS_FILE)
+    dropped = sorted(key for key in weights if "cell_factor_predictor" in key)
+    assert dropped
+    save_file({key: value for key, value in weights.items() if key not in dropped}, folder / WEIGHTS_FILE)
+    _rewrite_checksums(folder)
+    with pytest.raises(InvalidSave, match=rf"{len(dropped)} missing, e\.g\. \[{dropped[0]!r}"):
+        JointVAE.load(str(folder), adata=mdata)
+
+
 def test_a_save_holding_setup_arguments_in_the_0_1_form_is_refused(trained, tmp_path):
     """convert_legacy translates 0.1's setup arguments when it writes a save; a save still holding them is invalid."""
     mdata, model = trained
