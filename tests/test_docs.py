@@ -126,3 +126,44 @@ def test_readme_quickstart_runs(data_dir, tmp_path, monkeypatch):
         "adata.h5mu",
     }
     assert namespace["model"].is_trained
+
+
+# the pages a user reads in the source tree; the site is checked from its HTML in tests/test_docs_html.py
+LINKED_PAGES = [
+    ROOT / "README.md",
+    ROOT / "CHANGELOG.md",
+    *sorted(DOCS.glob("*.md")),
+    *sorted((DOCS / "user_guide").glob("*.md")),
+    ROOT / "benchmarks" / "README.md",
+    *sorted((ROOT / "benchmarks" / "results").glob("*.md")),
+]
+MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def test_no_page_links_to_a_repository_that_does_not_exist():
+    """pengster has no public repository yet: no page may send a reader to one (install, changelog, source)."""
+    sources = [*LINKED_PAGES, DOCS / "conf.py", ROOT / "pyproject.toml", *TUTORIALS]
+    offending = [str(path.relative_to(ROOT)) for path in sources if "github.com/pengster" in path.read_text().lower()]
+    assert not offending, f"links to github.com/pengster, which does not exist: {offending}"
+
+
+@pytest.mark.parametrize("page", LINKED_PAGES, ids=lambda path: str(path.relative_to(ROOT)))
+def test_every_relative_link_of_a_page_resolves_to_a_file(page):
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.DOTALL | re.MULTILINE)
+    broken = []
+    for target in MARKDOWN_LINK.findall(text):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        path = target.split("#", 1)[0]
+        if not (page.parent / path).exists():
+            broken.append(target)
+    assert not broken, f"{page.relative_to(ROOT)} links to files that do not exist: {broken}"
+
+
+def test_the_readme_installs_from_what_the_user_has():
+    readme = (ROOT / "README.md").read_text()
+    install = readme.split("## Installation", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"^pip install (\S+)", install, flags=re.MULTILINE)
+    assert commands[0].startswith("torch=="), "PyTorch first: a plain torch requirement pulls a CUDA build"
+    assert {".", "dist/pengster-*.whl"} <= set(commands)
+    assert "git+" not in install

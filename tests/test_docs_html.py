@@ -174,3 +174,22 @@ def test_no_page_publishes_the_development_log(pages):
                 context = prose[max(0, match.start() - 50) : match.end() + 50].replace("\n", " ")
                 found.append(f"{page_id(path)}: {what}: ...{context}...")
     assert not found, f"{len(found)} development-log phrases on the site:\n" + "\n".join(found[:40])
+
+
+def test_no_page_links_to_a_repository_that_does_not_exist(pages):
+    """pengster has no public repository yet: no button, source link or install line may point to one."""
+    offending = sorted(
+        f"{page_id(path)}: {href}"
+        for path in pages
+        for href in parse(path).links
+        if "github.com/pengster" in href.lower()
+    )
+    assert not offending, f"{len(offending)} links to github.com/pengster:\n" + "\n".join(offending[:20])
+
+
+def test_the_benchmark_pages_are_on_the_site(pages):
+    """The Benchmarks page links its method and result pages, which the site builds from benchmarks/."""
+    names = {page_id(path) for path in pages}
+    assert {"benchmarks/README.html", "benchmarks/results/accuracy.html", "benchmarks/results/tune.html"} <= names
+    speed = (SITE / "benchmarks.html").read_text(encoding="utf-8")
+    assert "H100" not in speed, "the GPU speed table was measured with 0.1.0 and is not shown"
