@@ -28,13 +28,16 @@ from pengster.train._options import default_max_epochs, training_options
 from pengster.train._quiet import quiet_lightning
 
 from . import _legacy, _setup
+from ._analyses import JointVAEAnalysesMixin
 from ._outputs import JointVAEOutputsMixin
 from ._sharing import SharingMixin
 
 logger = logging.getLogger(__name__)
 
 
-class JointVAE(JointVAEOutputsMixin, SharingMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class JointVAE(
+    JointVAEAnalysesMixin, JointVAEOutputsMixin, SharingMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass
+):
     """Joint variational autoencoder for RNA, ATAC and surface protein, with an interdependent ELBO.
 
     Each measured modality has its own encoder ``q(z | x_m)``; a masked product of experts fuses those a cell has.

@@ -77,9 +77,11 @@ class JointVAEOutputsMixin:
         indices: Sequence[int] | None = None,
         give_mean: bool = True,
         batch_size: int | None = None,
+        return_dist: bool = False,
+        dataloader=None,
         *,
         modality: str | None = None,
-    ) -> np.ndarray:
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Latent of each cell, array of shape ``(n_cells, n_latent)``.
 
         Parameters
@@ -95,16 +97,27 @@ class JointVAEOutputsMixin:
         modality
             None for the joint posterior over all of a cell's modalities; a modality for the posterior from
             that modality alone (NaN rows for cells that did not measure it).
+        return_dist
+            Return the posterior's ``(mean, variance)``, each ``(n_cells, n_latent)``, as scvi-tools does.
+        dataloader
+            Minibatches of the model's registered (aligned) data to embed instead of ``adata``/``indices``, as
+            scvi-tools' ``get_aggregated_posterior`` and ``differential_abundance`` pass them.
         """
         self._check_if_trained(warn=False)
         sources = None if modality is None else [self.resolve_modality(modality)]
-        latents = []
-        for tensors in self._minibatches(adata, indices, batch_size):
+        latents, variances = [], []
+        minibatches = self._minibatches(adata, indices, batch_size) if dataloader is None else dataloader
+        for tensors in minibatches:
             posterior = self.module.posterior(tensors, sources, states=False)
-            latent = posterior.qz.loc if give_mean else posterior.qz.sample()
+            latent = posterior.qz.loc if give_mean or return_dist else posterior.qz.sample()
+            variance = posterior.qz.variance
             if modality is not None:
                 latent = torch.where(posterior.available.unsqueeze(-1), latent, torch.nan)
+                variance = torch.where(posterior.available.unsqueeze(-1), variance, torch.nan)
             latents.append(latent.cpu().numpy())
+            variances.append(variance.cpu().numpy())
+        if return_dist:
+            return np.concatenate(latents), np.concatenate(variances)
         return np.concatenate(latents)
 
     def _sources(self, target: str, source) -> list[str]:
