@@ -103,7 +103,7 @@ def test_predict_on_new_data_with_other_features_names_them(rna_atac_model):
     assert all(name in str(excinfo.value) for name in missing)
     assert_same(query, snap)
     # the failed call registered nothing: the query is not remembered as set up
-    assert JointVAE._store.get(query) is None
+    assert JointVAE._prepared(query) is None
 
 
 # --------------------------------------------------------------------------------------------- new data for a model
@@ -162,7 +162,7 @@ def test_load_against_data_with_other_features_names_them(rna_atac_model, tmp_pa
         r"trained on 40 features of 'atac'",
     )
     assert_same(other, snap)
-    assert JointVAE._store.get(other) is None
+    assert JointVAE._prepared(other) is None
 
 
 # --------------------------------------------------------------------------------------------- mosaic() inputs
