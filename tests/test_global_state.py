@@ -90,7 +90,7 @@ def test_train_and_getters_leave_the_process_as_they_found_it(train_kwargs):
     before = _process_state()
     model.train(max_epochs=2, batch_size=32, accelerator="cpu", enable_progress_bar=False, **train_kwargs)
     model.get_latent_representation()
-    model.predict(target="protein", source=["rna"], n_samples=2)
+    model.predict(target="protein", source=["rna"], n_samples=2, return_std=True)
     model.get_normalized_expression(modality="atac")
     assert _process_state() == before
 

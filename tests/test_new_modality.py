@@ -16,9 +16,8 @@ from torch import nn
 from torch.distributions import Normal
 
 import pengster
-from pengster._constants import Modality
 from pengster.model import JointVAE
-from pengster.module import Head, register_modality, unregister_modality
+from pengster.module import Head, Modality, register_modality, unregister_modality
 
 
 class MorphologyHead(Head):

@@ -148,14 +148,3 @@ def batch_has_modality(obs: pd.DataFrame, batches: list[str], modalities: Mappin
         present = obs[has_column(modality)].to_numpy() > 0
         table[np.unique(codes[present & (codes >= 0)]), column] = 1.0
     return table
-
-
-def protein_background(matrix, rows: np.ndarray, *, max_cells: int = 20_000, seed: int = 0) -> np.ndarray:
-    """Initial log background rate per protein: log mean of the counts at or below each protein's median."""
-    rng = np.random.default_rng(seed)
-    rows = rows if len(rows) <= max_cells else rng.choice(rows, max_cells, replace=False)
-    values = matrix[np.sort(rows)]
-    values = values.toarray() if sparse.issparse(values) else np.asarray(values, dtype=np.float64)
-    median = np.median(values, axis=0, keepdims=True)
-    low = np.where(values <= median, values, np.nan)
-    return np.log(np.nanmean(low, axis=0) + 1.0).astype(np.float32)

@@ -379,14 +379,15 @@ class JointVAEOutputsMixin:
         -------
         DataFrame (cells x features) or array; ``out`` when given.
         """
-        if n_samples_overall is not None:
+        one_draw = n_samples_overall is not None
+        if one_draw:
             rows = self._rows(self._aligned(adata), indices)
             indices = np.random.default_rng(scvi.settings.seed).choice(rows, n_samples_overall)
             n_samples, return_mean = 1, True
         return self._decoded_values(
             adata, indices, modality=modality, source=source, transform_batch=transform_batch, gene_list=gene_list,
             n_samples=n_samples, batch_size=batch_size, return_mean=return_mean, return_numpy=return_numpy, out=out,
-            scale="normalized", library_size=None if library_size == "latent" else library_size,
+            scale="normalized", library_size=None if library_size == "latent" else library_size, one_draw=one_draw,
         )  # fmt: skip
 
     @torch.inference_mode()
@@ -419,9 +420,12 @@ class JointVAEOutputsMixin:
 
     def _decoded_values(
         self, adata, indices, *, modality, source, transform_batch, gene_list, n_samples, batch_size, return_mean,
-        return_numpy, out, scale, **options,
+        return_numpy, out, scale, one_draw=False, **options,
     ):  # fmt: skip
-        """Stream a head's read-out (``scale``) of ``modality`` at the posterior of ``source``, by minibatch."""
+        """Stream a head's read-out (``scale``) of ``modality`` at the posterior of ``source``, by minibatch.
+
+        ``n_samples`` 1 decodes the posterior mean, or with ``one_draw`` one posterior draw.
+        """
         self._check_if_trained(warn=False)
         modality = self.resolve_modality(modality)
         if source is not None:
@@ -452,7 +456,7 @@ class JointVAEOutputsMixin:
             if latent_library:
                 measured = posterior.has[modality].view(-1, 1) > 0
                 options["library"] = torch.where(measured, posterior.libraries[modality], fallback)
-            draws = [qz.loc] if n_samples == 1 else (qz.sample() for _ in range(n_samples))
+            draws = [qz.sample() if one_draw else qz.loc] if n_samples == 1 else (qz.sample() for _ in range(n_samples))
             available = posterior.available.view(-1, 1)
             stop = start + qz.loc.shape[0]
             total = 0.0
