@@ -1,7 +1,7 @@
-// Long API names in the sidebars (pengster.datasets.pbmc_cite_mosaic) wrap after a "." or "_" instead of in the
-// middle of a word: a <wbr> (a line-break opportunity) is put after each of them in the sidebars' link texts.
+// Long API names in the sidebars and in the titles of the API pages (pengster.dataloaders.DeviceMinibatchLoader) wrap
+// after a "." or "_" instead of running under the sidebar: a <wbr> (a line-break opportunity) is put after each.
 document.addEventListener("DOMContentLoaded", () => {
-  const links = document.querySelectorAll(".bd-sidebar-primary a, .bd-sidebar-secondary a");
+  const links = document.querySelectorAll(".bd-sidebar-primary a, .bd-sidebar-secondary a, .bd-article h1");
   for (const link of links) {
     const walker = document.createTreeWalker(link, NodeFilter.SHOW_TEXT);
     const texts = [];
