@@ -147,7 +147,7 @@ def test_rna_decoder_decodes_dropout_logits_only_for_zinb(likelihood):
         assert isinstance(px, ZeroInflatedNegativeBinomial) and len(calls) == 2
         torch.testing.assert_close(px.zi_logits, expected_dropout)
     else:  # the one call is DecoderSCVI's forward above
-        assert type(px) is NegativeBinomial and len(calls) == 1
+        assert not isinstance(px, ZeroInflatedNegativeBinomial) and isinstance(px, NegativeBinomial) and len(calls) == 1
 
 
 def test_auto_batch_size_and_lr_rule():

@@ -310,16 +310,7 @@ class JointVAEAnalysesMixin(DifferentialMixin):
             qz = posterior.qz
             z = qz.sample((n_mc_samples,))
             log_weight = Normal(0.0, 1.0).log_prob(z).sum(-1) - qz.log_prob(z).sum(-1)
-            panel = tensors[REGISTRY_KEYS.PANEL].long().to(z.device)
-            for modality in self.modalities:
-                depth = posterior.libraries[modality]
-                size_factor = tensors.get(REGISTRY_KEYS.SIZE_FACTOR)
-                if modality == "rna" and size_factor is not None:
-                    depth = size_factor.to(depth).view(-1, 1)
-                px = self.module.distribution(modality, z, tensors, library=depth, state=posterior.states[modality])
-                x = self.module.heads[modality].scored(tensors[REGISTRY_KEYS.counts(modality)].to(z.device))
-                mask = self.module.feature_mask(modality, panel) * posterior.has[modality].view(-1, 1).float()
-                log_weight = log_weight + (px.log_prob(x) * mask).sum(-1)
+            log_weight = log_weight + self.module.log_likelihood(z, tensors, posterior)
             estimates.append(torch.logsumexp(log_weight, 0) - math.log(n_mc_samples))
         values = torch.cat(estimates).cpu().numpy()
         return float(values.mean()) if return_mean else values

@@ -6,10 +6,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import sparse
-from scvi.distributions import NegativeBinomialMixture
 from scvi.nn import FCLayers
 from torch import nn
 from torch.distributions import Distribution
+
+from pengster.distributions import SparseNegativeBinomialMixture
 
 from ._head import HEADS, Head, HeadInput, hidden
 from ._moments import count_moments
@@ -79,7 +80,7 @@ class ProteinHead(Head):
         background = self.log_background[:, inputs.batch_index.view(-1).long()].T.exp()
         background = background.expand(z.shape[:-1] + background.shape[-1:])
         foreground = background * (1.0 + F.softplus(self.foreground(hidden_values).float()) + 1e-4)
-        return NegativeBinomialMixture(
+        return SparseNegativeBinomialMixture(
             mu1=background,
             mu2=foreground,
             theta1=self.log_theta.exp(),
@@ -88,7 +89,7 @@ class ProteinHead(Head):
         )
 
     @staticmethod
-    def foreground_rate(px: NegativeBinomialMixture) -> torch.Tensor:
+    def foreground_rate(px: SparseNegativeBinomialMixture) -> torch.Tensor:
         """The foreground rate times the probability of foreground."""
         return (1.0 - px.mixture_probs) * px.mu2
 
@@ -112,7 +113,7 @@ class ProteinHead(Head):
         """The foreground rate times the probability of foreground (see :meth:`foreground_rate`)."""
         return self.foreground_rate(px)
 
-    def foreground_probability(self, px: NegativeBinomialMixture) -> torch.Tensor:
+    def foreground_probability(self, px: SparseNegativeBinomialMixture) -> torch.Tensor:
         """Probability that the counts come from the foreground (TOTALVI's ``get_protein_foreground_probability``)."""
         return 1.0 - px.mixture_probs
 

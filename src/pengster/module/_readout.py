@@ -175,3 +175,26 @@ class ReadoutMixin:
     def panel_features(self, modality: str) -> torch.Tensor:
         """``(n_panels, n_features)``: 1 where the panel (dataset) measured the feature of ``modality``."""
         return getattr(self, f"feature_mask_{modality}")
+
+    def log_likelihood(
+        self, z: torch.Tensor, tensors: Mapping[str, torch.Tensor], posterior: Posterior
+    ) -> torch.Tensor:
+        """``log p(x | z)`` of each cell's measured modalities at ``z`` ``(..., n_cells, n_latent)``, as in training.
+
+        Each modality is decoded at the cell's own depth (the RNA size factor where the model has one) and its own
+        head state (from ``posterior``, e.g. the encoded ATAC cell factor); features its panel did not measure and
+        modalities it did not measure are left out. Shape ``z.shape[:-1]``.
+        """
+        tensors = self._on_device(tensors)
+        panel = tensors[REGISTRY_KEYS.PANEL].long()
+        size_factor = tensors.get(REGISTRY_KEYS.SIZE_FACTOR)
+        total = z.new_zeros(z.shape[:-1])
+        for modality, head in self.heads.items():
+            depth = posterior.libraries[modality]
+            if modality == "rna" and size_factor is not None:
+                depth = size_factor.float().view(-1, 1)
+            px = self.distribution(modality, z, tensors, library=depth, state=posterior.states[modality])
+            x = head.scored(tensors[REGISTRY_KEYS.counts(modality)])
+            mask = self.feature_mask(modality, panel) * posterior.has[modality].view(-1, 1).float()
+            total = total + (px.log_prob(x) * mask).sum(-1)
+        return total

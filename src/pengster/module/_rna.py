@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
 from scvi.nn import DecoderSCVI
 from torch import nn
 from torch.distributions import Distribution
+
+from pengster.distributions import SparseNegativeBinomial, SparseZeroInflatedNegativeBinomial
 
 from ._head import HEADS, RNA_TARGET_SUM, Head, HeadInput, masked_normalize
 from ._moments import count_moments
@@ -62,7 +63,11 @@ class RNAHead(Head):
         return log_normalized(counts, feature_mask)
 
     def forward(self, z: torch.Tensor, inputs: HeadInput) -> Distribution:
-        """NB (or ZINB) with rate ``scale * library``; ``px.scale`` holds the proportions (rows sum to 1)."""
+        """NB (or ZINB) with rate ``scale * library``; ``px.scale`` holds the proportions (rows sum to 1).
+
+        The distributions are scvi-tools' with a ``log_prob`` that evaluates ``lgamma`` only at non-zero counts
+        (:class:`~pengster.distributions.SparseNegativeBinomial`): most counts of single-cell RNA are zero.
+        """
         # DecoderSCVI's layers, without its forward: that also decodes the dropout logits (a genes-wide product) for
         # the negative binomial, which has none
         hidden = self.decoder.px_decoder(z, *inputs.categoricals)
@@ -72,10 +77,10 @@ class RNAHead(Head):
         theta = self.log_theta.exp()
         if self.likelihood == "zinb":
             dropout_logits = self.decoder.px_dropout_decoder(hidden).float()
-            return ZeroInflatedNegativeBinomial(
+            return SparseZeroInflatedNegativeBinomial(
                 mu=rate, theta=theta, zi_logits=dropout_logits, scale=scale, validate_args=False
             )
-        return NegativeBinomial(mu=rate, theta=theta, scale=scale, validate_args=False)
+        return SparseNegativeBinomial(mu=rate, theta=theta, scale=scale, validate_args=False)
 
     def reported(self, px, inputs, *, variance=False, denoised=False, target_sum=RNA_TARGET_SUM, noise_library=None):
         """log1p of counts per ``target_sum``; the variance of one measurement at depth ``noise_library``.
@@ -88,7 +93,7 @@ class RNAHead(Head):
             return value, None
         library = target_sum if noise_library is None else noise_library
         arguments = {"mu": px.scale * library, "theta": px.theta}
-        if isinstance(px, ZeroInflatedNegativeBinomial):
+        if isinstance(px, SparseZeroInflatedNegativeBinomial):
             arguments["zi_logits"] = px.zi_logits
         _, count_variance = count_moments(px.__class__(**arguments, validate_args=False))
         slope = (target_sum / library) / (1 + px.scale * target_sum)
