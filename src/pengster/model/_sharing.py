@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import rich.pretty  # noqa: F401 - scvi-tools' setup printers use rich.pretty without importing it
 from mudata import MuData
+from scvi.data import AnnDataManager
 from scvi.model.base import BaseModelClass
 
 from pengster.io import _load, _save
@@ -132,7 +134,12 @@ class SharingMixin:
 
     @classmethod
     def load(
-        cls, dir_path: str, adata: MuData | None = None, accelerator: str = "auto", device: int | str = "auto"
+        cls,
+        dir_path: str,
+        adata: MuData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        **removed,
     ) -> BaseModelClass:
         """Load a model saved with :meth:`save`; reading the folder never runs code from it.
 
@@ -155,4 +162,27 @@ class SharingMixin:
         >>> model.save("model_dir", save_anndata=True)
         >>> model = pengster.model.JointVAE.load("model_dir")
         """
+        if "mdata" in removed:
+            raise TypeError(
+                "load() got mdata=, pengster 0.1's name; pass adata= (scvi-tools' name), e.g. load(d, adata=mdata)."
+            )
+        if removed:
+            raise TypeError(f"load() got unexpected keyword arguments {sorted(removed)}.")
         return _load.load_model(cls, dir_path, adata, accelerator=accelerator, device=device)
+
+    @classmethod
+    def load_registry(cls, dir_path: str, prefix: str | None = None) -> dict:
+        """The scvi-tools registry saved with a model by :meth:`save` (read as data, as :meth:`load` does)."""
+        if prefix is not None:
+            raise ValueError(f"prefix={prefix!r}: pengster saves no file-name prefix; pass the folder alone.")
+        return _load.read_saved(dir_path, model_class=cls.__name__).registry
+
+    @classmethod
+    def view_setup_args(cls, dir_path: str, prefix: str | None = None) -> None:
+        """Print the :meth:`setup_mudata` arguments of a model saved by :meth:`save`."""
+        AnnDataManager.view_setup_method_args(cls.load_registry(dir_path, prefix))
+
+    def view_anndata_setup(self, adata: MuData | None = None, hide_state_registries: bool = False) -> None:
+        """Print the setup summary (registry, summary statistics) of the training MuData or of ``adata``."""
+        manager = self.get_anndata_manager(self._validate_anndata(adata), required=True)
+        manager.view_registry(hide_state_registries=hide_state_registries)
