@@ -31,7 +31,7 @@ write_benchmark_tables(ROOT / "benchmarks" / "results", HERE / "_build" / "bench
 # defaults are pages of the site, at the same relative paths, so that the links between them work here as they do in
 # the source tree. speed.md (its GPU rows are 0.1.0's; the Benchmarks page shows its CPU table) and query.md (0.1.0)
 # stay in the source tree. docs/benchmarks/ is a build product (see .gitignore).
-SITE_RESULTS = ["accuracy", "tune", "training_length", "readout"]
+SITE_RESULTS = ["accuracy", "tune", "training_length", "readout", "differential", "differential_scale"]
 _BENCHMARKS = HERE / "benchmarks"
 shutil.rmtree(_BENCHMARKS, ignore_errors=True)
 (_BENCHMARKS / "results").mkdir(parents=True)
@@ -92,6 +92,7 @@ autosummary_context = {
             ("tutorials/02_cite_seq", "RNA + protein"),
             ("tutorials/03_mosaic", "a mosaic of multiome and CITE-seq"),
             ("tutorials/04_save_load_query", "saving, loading and reference mapping"),
+            ("tutorials/05_differential", "differential expression and accessibility"),
         ]
     },
     # the inherited members a user of the class calls; scvi-tools' registry plumbing stays on scvi-tools' site
