@@ -3,7 +3,7 @@
 from pengster._constants import Modality
 
 from ._atac import ATACHead
-from ._head import HEADS, Head, HeadInput, register_modality, unregister_modality
+from ._head import Head, HeadInput, register_modality, unregister_modality
 from ._jointvae import JointVAEModule
 from ._protein import ProteinHead
 from ._readout import Posterior
@@ -11,7 +11,6 @@ from ._rna import RNAHead
 
 __all__ = [
     "ATACHead",
-    "HEADS",
     "Head",
     "HeadInput",
     "JointVAEModule",
