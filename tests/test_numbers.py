@@ -103,6 +103,12 @@ def de_null_share() -> float:
     return max(r["called_fraction"]["mean"] for r in _json("differential")["null"] if r["method"] == "pengster")
 
 
+def de_snareseq2(method: str, metric: str) -> float:
+    """Mean over seeds of an agreement metric of differential.json's SNARE-seq2 part (held-out libraries)."""
+    (found,) = [r for r in _json("differential")["snareseq2"]["agreement"] if r["method"] == method]
+    return found[metric]["mean"]
+
+
 def de_scale(method: str, n_cells: int, n_peaks: int, field: str) -> float:
     found = [
         r
@@ -273,6 +279,10 @@ CLAIMS: dict[str, dict[str, Value]] = {
         ),
         "0.227": lambda: de_stability("atac", "cite"),
         "0.570": lambda: de_stability("protein", "cite"),
+        "0.263": lambda: de_snareseq2("pengster", "spearman_lfc"),
+        "0.812": lambda: de_snareseq2("pengster", "top_marker_auroc"),
+        "0.286": lambda: de_snareseq2("kNN", "spearman_lfc"),
+        "0.798": lambda: de_snareseq2("kNN", "top_marker_auroc"),
         "20,000": (
             lambda: de_scale("pengster", 20000, 20000, "n_peaks"),
             lambda: de_scale("pengster", 20000, 20000, "n_cells"),
