@@ -31,7 +31,7 @@ Nonzero = tuple[torch.Tensor, torch.Tensor]
 
 
 class SparseNegativeBinomial(NegativeBinomial):
-    """:class:`scvi.distributions.NegativeBinomial` with ``lgamma`` only at non-zero counts.
+    """``scvi.distributions.NegativeBinomial`` with ``lgamma`` only at non-zero counts.
 
     Constructor, parameters, moments and sampling are scvi-tools'; see the module docstring for ``nonzero``.
     """
@@ -57,7 +57,7 @@ class SparseNegativeBinomial(NegativeBinomial):
 
 
 class SparseZeroInflatedNegativeBinomial(ZeroInflatedNegativeBinomial):
-    """:class:`scvi.distributions.ZeroInflatedNegativeBinomial` with ``lgamma`` only at non-zero counts.
+    """``scvi.distributions.ZeroInflatedNegativeBinomial`` with ``lgamma`` only at non-zero counts.
 
     Constructor, parameters, moments and sampling are scvi-tools'; see the module docstring for ``nonzero``.
     """
@@ -86,7 +86,7 @@ class SparseZeroInflatedNegativeBinomial(ZeroInflatedNegativeBinomial):
 
 
 class SparseNegativeBinomialMixture(NegativeBinomialMixture):
-    """:class:`scvi.distributions.NegativeBinomialMixture` with ``lgamma`` only at non-zero counts.
+    """``scvi.distributions.NegativeBinomialMixture`` with ``lgamma`` only at non-zero counts.
 
     totalVI's protein background/foreground mixture. Its two components share ``theta1``, so they share the gamma
     terms, which factor out of the mixture: ``log(w NB1 + (1 - w) NB2) = G + log(w NB1' + (1 - w) NB2')`` with

@@ -1,6 +1,6 @@
 """Differential expression, accessibility and protein abundance of a trained JointVAE, with scvi-tools' machinery.
 
-The Bayesian test is scvi-tools' own (:func:`scvi.model.base._de_core._de_core` and ``DifferentialComputation``); what
+The Bayesian test is scvi-tools' own (``scvi.model.base._de_core._de_core`` and ``DifferentialComputation``); what
 is pengster's is which cells enter it: a group's cells that can be decoded for the modality (those that measured one
 of the ``source`` modalities), and raw statistics over only the cells that measured the modality.
 """
@@ -105,14 +105,14 @@ class DifferentialMixin:
             Modalities whose posterior is decoded (default: all a cell measured). Cells that measured none of them are
             left out of the test.
         mode, delta, batch_correction, batchid1, batchid2, fdr_target, silent
-            As in :meth:`scvi.model.SCVI.differential_expression`.
+            As in ``scvi.model.SCVI.differential_expression``.
         batch_size
             Cells per minibatch.
         all_stats
             Add the raw statistics (means, non-zero fractions, normalized means) of the cells that measured the
             modality, per feature over the cells whose dataset measured it (NaN where none did).
         **kwargs
-            Passed to :meth:`scvi.model.base.DifferentialComputation.get_bayes_factors` (e.g. ``pseudocounts``,
+            Passed to ``scvi.model.base.DifferentialComputation.get_bayes_factors`` (e.g. ``pseudocounts``,
             default 1e-6 as MULTIVI's, or ``n_samples_overall``).
 
         Returns

@@ -23,7 +23,7 @@ def binary(counts: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
 
 
 class FactorPoisson(Poisson):
-    """Fragment counts with rate ``p / sum(p) * library``; ``accessibility``: the :class:`FactorBernoulli` of ``p``."""
+    """Fragment counts with rate ``p / sum(p) * library``; ``accessibility``: the ``FactorBernoulli`` of ``p``."""
 
     def __init__(self, rate: torch.Tensor, accessibility: FactorBernoulli, *, validate_args: bool | None = None):
         super().__init__(rate, validate_args=validate_args)
@@ -85,7 +85,7 @@ class ATACHead(Head):
         return torch.log1p(open_peaks / n_open * 1e4)
 
     def observed(self, counts, feature_mask):
-        """Binary accessibility (see :func:`binary`)."""
+        """Binary accessibility (see ``binary``)."""
         return binary(counts, feature_mask)
 
     # ------------------------------------------------------------------------------------------ cell factor
@@ -127,7 +127,7 @@ class ATACHead(Head):
 
     # ------------------------------------------------------------------------------------------ decoder
     def forward(self, z: torch.Tensor, inputs: HeadInput) -> Distribution:
-        """The :class:`FactorBernoulli` (or :class:`FactorPoisson`); probabilities are computed when first read.
+        """The ``FactorBernoulli`` (or ``FactorPoisson``); probabilities are computed when first read.
 
         Training scores ``px.log_prob`` only, which does not need them for every peak.
         """

@@ -4,7 +4,7 @@ A head holds everything that is specific to one modality: what its encoder sees,
 observed values it is scored and reported on, and its read-outs (the reported scale with closed-form moments, and a
 linear scale for differential analysis). :class:`~pengster.module.JointVAEModule` builds one head per modality of
 the data from :data:`HEADS` and knows no modality by name; a new modality is a new head file and a
-:func:`register_modality` call.
+:func:`~pengster.module.register_modality` call.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class HeadInput:
     library
         ``(n_cells, 1)`` total counts of the measurement (or a number): the depth the counts are decoded at.
     state
-        The head's per-cell state from :meth:`Head.cell_state` (ATAC: the cell factor), or None.
+        The head's per-cell state from ``Head.cell_state`` (ATAC: the cell factor), or None.
     """
 
     categoricals: list[torch.Tensor]
@@ -72,7 +72,7 @@ class Head(nn.Module):
     """
 
     name: ClassVar[str]
-    """The modality's name (a key of :data:`pengster._constants.MODALITIES`)."""
+    """The modality's name (a key of ``pengster._constants.MODALITIES``)."""
     OPTIONS: ClassVar[dict[str, str]] = {}
     """The module's (and the model's) keyword arguments that this head takes -> its own argument names."""
     ENCODER_PARTS: ClassVar[tuple[str, ...]] = ()
@@ -151,7 +151,7 @@ class Head(nn.Module):
 
 
 HEADS: dict[str, type[Head]] = {}
-"""Modality name -> its :class:`Head` class (filled by the head files and :func:`register_modality`)."""
+"""Modality name -> its ``Head`` class (filled by the head files and :func:`~pengster.module.register_modality`)."""
 
 
 def register_modality(modality: Modality, head: type[Head]) -> None:
@@ -167,7 +167,7 @@ def register_modality(modality: Modality, head: type[Head]) -> None:
 
 
 def unregister_modality(name: str) -> None:
-    """Remove a modality added by :func:`register_modality`."""
+    """Remove a modality added by :func:`~pengster.module.register_modality`."""
     MODALITIES.pop(name, None)
     HEADS.pop(name, None)
 

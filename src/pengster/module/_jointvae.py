@@ -44,11 +44,11 @@ class JointVAEModule(ReadoutMixin, BaseModuleClass):
     """The torch module behind :class:`pengster.model.JointVAE`.
 
     Each modality is a head (``module/_rna.py``, ``_atac.py``, ``_protein.py``; see ``module/_head.py``), built from
-    :data:`~pengster.module._head.HEADS`; the module itself names no modality. ``inference``, ``generative`` and
+    ``pengster.module._head.HEADS``; the module itself names no modality. ``inference``, ``generative`` and
     ``loss`` change none of the module's buffers (torch's batch-norm layers in the decoders keep their statistics as in
     any torch model); what training learns besides the weights (the heads' running statistics, e.g. ATAC's mean cell
     factor) is updated by :meth:`update_running_statistics`, which the training plan calls once per training step.
-    Read-outs go through :meth:`posterior` and :meth:`readout`.
+    Read-outs go through ``posterior`` and ``readout``.
 
     Parameters
     ----------
@@ -336,7 +336,7 @@ class JointVAEModule(ReadoutMixin, BaseModuleClass):
         }
 
     def cell_states(self, x, panel, batch_index, cat_covs, rows) -> dict[str, torch.Tensor | None]:
-        """Modality -> its head's per-cell state from its own counts (see :meth:`Head.cell_state`)."""
+        """Modality -> its head's per-cell state from its own counts (see ``Head.cell_state``)."""
         categoricals = self._encoder_categoricals(panel, batch_index, cat_covs)
         states = {}
         for modality, head in self.heads.items():

@@ -62,7 +62,7 @@ class ProteinHead(Head):
         self.log_theta = nn.Parameter(torch.full((n_features,), 2.0))
 
     def encoder_input(self, counts, feature_mask):
-        """CLR of the measured proteins (see :func:`clr`); unmeasured proteins are 0."""
+        """CLR of the measured proteins (see ``clr``); unmeasured proteins are 0."""
         return clr(counts, feature_mask) * feature_mask
 
     def observed(self, counts, feature_mask):
@@ -70,7 +70,7 @@ class ProteinHead(Head):
         return clr(counts, feature_mask) * feature_mask
 
     def initial_values(self, matrix, rows) -> dict[str, torch.Tensor]:
-        """The background of every batch starts at :func:`background_init` of the measured cells' counts."""
+        """The background of every batch starts at ``background_init`` of the measured cells' counts."""
         init = torch.as_tensor(background_init(matrix, rows))
         return {"log_background": init.unsqueeze(-1).expand_as(self.log_background).clone()}
 

@@ -20,7 +20,7 @@ from ._head import HeadInput
 
 @dataclass
 class Posterior:
-    """The posterior of a minibatch's cells given some of their modalities (see :meth:`ReadoutMixin.posterior`)."""
+    """The posterior of a minibatch's cells given some of their modalities (see ``ReadoutMixin.posterior``)."""
 
     qz: Normal
     """Normal of shape ``(n_cells, n_latent)``: the product of the source experts each cell has, and the prior."""
@@ -31,8 +31,8 @@ class Posterior:
     libraries: dict[str, torch.Tensor]
     """Modality -> ``(n_cells, 1)`` total counts over the measured features (at least 1)."""
     states: dict[str, torch.Tensor | None]
-    """Modality -> the state its head decodes with (ATAC: the cell's own factor where ATAC is a source it measured,
-    else the factor predicted from the sources)."""
+    """The state each modality's head decodes with, e.g. ATAC's cell factor (the cell's own where ATAC is a source
+    it measured, else predicted from the sources)."""
 
 
 class ReadoutMixin:
@@ -118,7 +118,7 @@ class ReadoutMixin:
             ``reported``: the head's reported scale (log1p, probability, CLR) and, with ``variance``, the variance of
             one measurement there (``Head.reported``); ``normalized``: its linear scale (``Head.normalized``).
         state
-            The head's per-cell state (from :meth:`posterior`); None: the head's default.
+            The head's per-cell state (from ``posterior``); None: the head's default.
         batches
             Batch codes to decode under and average; default: each cell's own batch, and for a cell whose batch never
             measured ``modality``, the average over the batches that did.

@@ -55,7 +55,7 @@ class RNAHead(Head):
         self.log_theta = nn.Parameter(torch.randn(n_features) * 0.1)
 
     def encoder_input(self, counts, feature_mask):
-        """log1p of counts per 10k (see :func:`log_normalized`)."""
+        """log1p of counts per 10k (see ``log_normalized``)."""
         return log_normalized(counts, feature_mask)
 
     def observed(self, counts, feature_mask):
