@@ -105,7 +105,7 @@ def test_docs_front_page_includes_the_readme_quickstart():
 
 
 def test_readme_quickstart_runs(data_dir, tmp_path, monkeypatch):
-    """The quickstart as written, twice in a row, but for 2 epochs instead of 200 (the suite tests accuracy elsewhere)."""
+    """The quickstart as written, twice in a row, for 2 epochs instead of 200 (the suite tests accuracy elsewhere)."""
     import matplotlib
 
     matplotlib.use("Agg")
