@@ -175,13 +175,17 @@ class FiniteLossCheck(Callback):
 
 
 def _modules_phrase(names: Sequence[str]) -> str:
-    """'the protein decoder' etc. from parameter names such as ``decoders.protein.px.weight``."""
-    kinds = {"encoders": "encoder", "decoders": "decoder", "projection_heads": "contrastive head"}
+    """'the protein decoder' etc. from parameter names such as ``heads.protein.mixing.weight``.
+
+    A modality head is its decoder, but for the encoding parts it holds (ATAC's ``cell_factor_encoder``).
+    """
+    kinds = {"encoders": "encoder", "heads": "decoder", "projection_heads": "contrastive head"}
     phrases = []
     for name in names:
         head, _, rest = name.partition(".")
-        modality = rest.partition(".")[0]
-        phrase = f"the {modality} {kinds[head]}" if head in kinds else f"the parameter {head}"
+        modality, _, part = rest.partition(".")
+        kind = "cell-factor encoder" if head == "heads" and part.startswith("cell_factor_encoder") else kinds.get(head)
+        phrase = f"the {modality} {kind}" if kind else f"the parameter {head}"
         if phrase not in phrases:
             phrases.append(phrase)
     return ", ".join(phrases)
