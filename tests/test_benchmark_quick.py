@@ -31,7 +31,9 @@ def test_mosaic_study_scores_only_measured_genes(data_dir, bench):
     layer = mosaic.mod["rna"].layers[tasks.SCORED_LAYER]
     assert mosaic.mod["rna"].n_obs == hidden.visible("rna").n_obs
     cells = mosaic.mod["rna"].obs_names
-    np.testing.assert_allclose(layer.toarray(), np.nan_to_num(study.truth("rna", cells)), rtol=1e-6)
+    # the layer stores the float64 truth as float32 (relative rounding up to 2**-24, 6e-8), possibly after another
+    # summation order of the per-cell totals: 1e-5 relative bounds both
+    np.testing.assert_allclose(layer.toarray(), np.nan_to_num(study.truth("rna", cells)), rtol=1e-5)
     assert bench.accuracy.PENGSTER_PREDICT_KWARGS == {"layer": tasks.SCORED_LAYER}
 
 

@@ -73,7 +73,8 @@ def test_atac_std_is_the_bernoulli_std_of_the_reported_probability(model):
     p_decoder = decoder_mean.to_numpy()
     has_source = ~np.isnan(p_decoder).any(1)
     expected = np.sqrt(p_decoder * (1 - p_decoder))[has_source]
-    np.testing.assert_allclose(decoder_std.to_numpy()[has_source], expected, rtol=1e-6)
+    # torch and numpy each round p (1 - p) and its square root in float32 (a few 2**-24); 1e-5 relative bounds them
+    np.testing.assert_allclose(decoder_std.to_numpy()[has_source], expected, rtol=1e-5)
     assert not np.allclose(mean.to_numpy(), p_decoder, equal_nan=True)
     # binary neighbours averaged with probabilities stay probabilities
     assert np.nanmin(mean.to_numpy()) >= 0 and np.nanmax(mean.to_numpy()) <= 1
@@ -146,7 +147,9 @@ def test_layer_never_reverses_a_feature(model):
     has_rna = ~np.isnan(decoder).any(1)
     values = mapped.to_numpy()[has_rna][:, rising]
     np.testing.assert_allclose(values, np.broadcast_to(layer.mean(0)[rising], values.shape), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(model.mdata["prot"].layers["reversed"].toarray(), layer, rtol=1e-6)
+    # the user's layer is read, never written: the same values it was stored with (float32) exactly
+    stored = model.mdata["prot"].layers["reversed"].toarray()
+    np.testing.assert_array_equal(stored, layer.astype(stored.dtype))
 
 
 def test_layer_errors_name_the_layer_and_the_fix(model):
