@@ -83,7 +83,21 @@ def test_atac_std_is_the_bernoulli_std_of_the_reported_probability(model):
     np.testing.assert_allclose(std.to_numpy()[has_source], np.sqrt(q * (1 - q))[has_source], rtol=1e-3, atol=2e-3)
 
 
-def test_auto_blends_except_for_atac_targets_and_atac_only_sources(model):
+def test_population_averages_the_decoder_with_each_peaks_open_rate(model):
+    """``population``: half the decoded probability, half the fraction of training cells with ATAC where it is open."""
+    decoder, decoder_std = model.predict(target="atac", source="rna", readout="decoder", return_std=True)
+    mean, std = model.predict(target="atac", source="rna", readout="population", return_std=True)
+    counts = model.mdata["atac"].X
+    counts = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
+    open_rate = (counts > 0).mean(0)
+    expected = 0.5 * (decoder.to_numpy() + open_rate)
+    # float32 read-out against a float64 mean of 0/1 values: a few float32 roundings of numbers below 1
+    np.testing.assert_allclose(mean.to_numpy(), expected, rtol=1e-5, atol=1e-6)
+    # the measurement part stays the decoder's (no neighbours' spread): the std does not change
+    np.testing.assert_allclose(std.to_numpy(), decoder_std.to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_auto_blends_except_for_atac_targets(model):
     def same(target, source, readout):
         auto = model.predict(target=target, source=source).to_numpy()
         other = model.predict(target=target, source=source, readout=readout).to_numpy()
@@ -91,9 +105,9 @@ def test_auto_blends_except_for_atac_targets_and_atac_only_sources(model):
 
     assert same("rna", "protein", "blend") and not same("rna", "protein", "decoder")
     assert same("protein", ["rna", "atac"], "blend")
-    assert same("atac", "rna", "decoder") and not same("atac", "rna", "blend")
-    assert same("rna", "atac", "decoder")
-    with pytest.raises(ValueError, match=r"readout='near'; pass one of \['auto', 'decoder', 'blend'\]"):
+    assert same("atac", "rna", "population") and not same("atac", "rna", "decoder")
+    assert same("rna", "atac", "blend") and not same("rna", "atac", "decoder")
+    with pytest.raises(ValueError, match=r"readout='near'; pass one of \['auto', 'decoder', 'blend', 'population'\]"):
         model.predict(target="rna", readout="near")
     with pytest.raises(ValueError, match=r"n_neighbors=0"):
         model.predict(target="rna", readout="blend", n_neighbors=0)

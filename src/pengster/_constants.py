@@ -26,10 +26,11 @@ class Modality:
         Said when the layer holds non-integer values, to point at the raw counts.
     zero_is_unmeasured
         A dataset whose values of a feature are all zero did not measure it (antibody panels).
-    blend
-        ``predict``'s default read-out averages predictions of it, and predictions from it, with the nearest training
-        cells' measured values; False for modalities whose single-cell values (and latents from them alone) are too
-        noisy to average (ATAC's binary peaks).
+    readout
+        ``predict``'s default read-out of it (``readout="auto"``): ``blend``, the decoded value averaged with the
+        nearest training cells' measured values, or ``population``, averaged with the mean measured value of all
+        training cells (ATAC: single nuclei's binary peaks are too noisy to average over a few neighbours, but the
+        open rate of each peak across the training cells calibrates the decoded probabilities across peaks).
     wide
         It may have so many features (peaks) that ``write_results`` writes it only when asked (above 10,000).
     """
@@ -40,7 +41,7 @@ class Modality:
     counts: bool = True
     normalized_hint: str = "it looks normalized"
     zero_is_unmeasured: bool = False
-    blend: bool = True
+    readout: str = "blend"
     wide: bool = False
 
     @property
@@ -57,7 +58,7 @@ MODALITIES: Final[dict[str, Modality]] = {
             "atac",
             ("atac", "ATAC", "peaks"),
             "probability",
-            blend=False,
+            readout="population",
             wide=True,
             normalized_hint="it looks TF-IDF (or otherwise) normalized; pengster wants raw peak counts or binary "
             "accessibility",

@@ -1,7 +1,8 @@
-"""The ``blend`` read-out of :meth:`~pengster.model.JointVAE.predict`: what the nearest training cells measured.
+"""The ``blend`` and ``population`` read-outs of :meth:`~pengster.model.JointVAE.predict`: what training cells measured.
 
 A cell's prediction from the decoder alone is limited by the latent's few dimensions; the training cells around it
-carry the rest (gene-gene structure the decoder smooths away). ``predict(readout="blend")`` averages the two.
+carry the rest (gene-gene structure the decoder smooths away). ``predict(readout="blend")`` averages the two;
+``readout="population"`` averages the decoded value with the mean of all training cells that measured the feature.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from scipy import sparse
 
-from pengster._constants import REGISTRY_KEYS
+from pengster._constants import MODALITIES, REGISTRY_KEYS
 from pengster.data._align import has_column
 
 MAX_REFERENCE_CELLS = 50_000
@@ -18,6 +19,11 @@ MAX_REFERENCE_CELLS = 50_000
 SEARCH_CHUNK = 4096
 MINIBATCH_VALUES = 2**24
 """Default read-out minibatch: at most 1024 cells and about this many values (cells x features), 64 MB of float32."""
+
+
+def auto_readout(target: str) -> str:
+    """``predict``'s ``readout="auto"``: the target modality's read-out (``pengster._constants.Modality.readout``)."""
+    return MODALITIES[target].readout
 
 
 def readout_batch_size(n_features: int) -> int:
@@ -80,6 +86,19 @@ class Reference:
             (np.ones(len(panel)), (np.arange(len(panel)), panel)), shape=(len(panel), table.shape[0])
         )
         self.table = table
+
+    def population(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean measured value of each feature over all reference cells that measured it, and where any did.
+
+        Both of shape ``(n_features,)``, on ``like``'s device and dtype (computed once).
+        """
+        if not hasattr(self, "_population"):
+            measured = np.asarray(self.panel_onehot.sum(0)).ravel() @ self.table
+            total = np.asarray(self.values.sum(0)).ravel()
+            mean = np.divide(total, measured, out=np.zeros_like(total), where=measured > 0)
+            self._population = (torch.as_tensor(mean), torch.as_tensor(measured > 0))
+        mean, covered = self._population
+        return mean.to(like.device, like.dtype), covered.to(like.device)
 
     def _nearest(self, z: torch.Tensor, k: int) -> np.ndarray:
         """Indices of the ``k`` reference cells nearest each row of ``z`` (exact search, in chunks of rows)."""

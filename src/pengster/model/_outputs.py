@@ -16,17 +16,17 @@ import scvi
 import torch
 from mudata import MuData
 
-from pengster._constants import MODALITIES, REGISTRY_KEYS
+from pengster._constants import REGISTRY_KEYS
 from pengster.module._head import RNA_TARGET_SUM
 
-from ._blend import Reference, fit_lines, readout_batch_size
+from ._blend import Reference, auto_readout, fit_lines, readout_batch_size
 
 REFERENCE_NEIGHBORS = 50
 """Neighbours of the ``blend`` read-out of :meth:`~pengster.model.JointVAE.predict` (chosen on a validation split of
 the benchmark's training cells, ``benchmarks/results/tune.md``)."""
 STD_SAMPLES = 10
 """Default posterior draws of ``z`` for the latent part of :meth:`~pengster.model.JointVAE.predict`'s std."""
-READOUTS = ("auto", "decoder", "blend")
+READOUTS = ("auto", "decoder", "blend", "population")
 
 
 def _rows_out(out, n_rows: int, n_features: int):
@@ -132,7 +132,7 @@ class JointVAEOutputsMixin:
         return sources
 
     def _typical_library(self, modality: str, batch_size: int | None) -> float:
-        """Median total counts of the training cells that measured ``modality`` (for a prediction's noise)."""
+        """Median total counts of the training cells that measured ``modality`` (the depth a prediction reads at)."""
         totals = []
         for tensors in self._minibatches(None, None, batch_size):
             has = tensors[REGISTRY_KEYS.has(modality)].view(-1) > 0
@@ -181,8 +181,8 @@ class JointVAEOutputsMixin:
             Also return the predictive standard deviation of one measurement of the target on the reported scale,
             the square root of the sum of two parts. The latent part is the mean squared difference between the
             values decoded at ``n_samples`` posterior draws and at the posterior mean. The measurement part comes
-            from the likelihood in closed form (``decoder`` read-out): ``rna``, the negative binomial's variance at
-            the median depth of the training cells, carried to log1p per 10k by the delta method; ``protein``, the
+            from the likelihood in closed form (``decoder`` read-out): ``rna``, the variance of log1p per 10k of the
+            negative binomial's counts at the median depth of the training cells; ``protein``, the
             background/foreground mixture's variance carried to the CLR the same way; ``atac``, ``p (1 - p)`` of
             the predicted probability ``p`` (which holds the latent part already: no draws are made). With the
             ``blend`` read-out the measurement part is the variance of the neighbours' measured values instead.
@@ -192,9 +192,11 @@ class JointVAEOutputsMixin:
             ``"blend"``: the average of the decoded value and the mean measured ``target`` of the ``n_neighbors``
             training cells nearest in the joint latent to the cell's posterior mean, among those that measured
             ``target`` (the cell itself excluded; at most 50,000 of them, a random subset beyond); the decoder
-            alone where no training cell measured ``target`` (a query model whose data lacks it). ``"auto"``:
-            ``"decoder"`` when ``target`` is ``atac`` or ``atac`` is the only source (single nuclei's binary peaks,
-            and latents from them alone, are too noisy to average), else ``"blend"``; chosen on a validation split.
+            alone where no training cell measured ``target`` (a query model whose data lacks it).
+            ``"population"``: the average of the decoded value and the mean measured ``target`` of all those training
+            cells (for ATAC, each peak's open rate: it calibrates the decoded probabilities across peaks).
+            ``"auto"``: ``"population"`` when ``target`` is ``atac`` (single nuclei's binary peaks are too noisy to
+            average over a few neighbours), else ``"blend"``; chosen on a validation split.
         layer
             None: pengster's scale (below). A layer of ``target``'s modality in the MuData the model was set up with
             (``"X"`` for its ``.X``; for a model loaded without data, the saved copy, which holds counts), e.g. your
@@ -213,7 +215,9 @@ class JointVAEOutputsMixin:
 
         Returns
         -------
-        DataFrame (cells x target features) in the target's scale: ``rna`` log1p of counts per 10k, ``atac``
+        DataFrame (cells x target features) in the target's scale: ``rna`` log1p of counts per 10k (its expected
+        value for a cell sequenced at the training cells' median depth, from the decoded negative binomial: what such
+        a cell measures on average, below the log of the expected count where counts are few), ``atac``
         accessibility probability, ``protein`` CLR of counts (or ``layer``'s scale). Rows of cells with none of
         the source modalities are NaN. With ``return_std``, a tuple ``(mean, std)``. With ``out``, ``out`` (and
         ``out_std``) instead of DataFrames.
@@ -235,8 +239,7 @@ class JointVAEOutputsMixin:
         if n_neighbors < 1:
             raise ValueError(f"n_neighbors={n_neighbors}; pass n_neighbors >= 1 (or readout='decoder').")
         if readout == "auto":
-            blends = MODALITIES[target].blend and any(MODALITIES[m].blend for m in sources)
-            readout = "blend" if blends else "decoder"
+            readout = auto_readout(target)
         aligned = self._aligned(adata)
         rows = self._rows(aligned, indices)
         n_features = aligned.mod[self.modalities[target]].n_vars
@@ -244,7 +247,7 @@ class JointVAEOutputsMixin:
         _check_out(out_std, len(rows), n_features, "out_std")
         batch_size = batch_size or readout_batch_size(n_features)
         reference = None
-        if readout == "blend" or layer is not None:
+        if readout in ("blend", "population") or layer is not None:
             neighbours = n_neighbors if readout == "blend" else None
             reference = Reference(self, target, neighbours, batch_size=batch_size, layer=layer)
             if reference.size == 0:
@@ -259,8 +262,8 @@ class JointVAEOutputsMixin:
             decode_alone = {"target": target, "source": sources, "readout": "decoder", "batch_size": batch_size}
             lines = fit_lines(self, reference, decode_alone)
             slope, intercept = (torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in lines)
-        measurement_part = return_std and not (reference is not None and reference.n_neighbors)
-        at_depth = measurement_part and self.module.heads[target].variance_needs_depth
+        measurement_part = return_std and not (reference is not None and readout == "blend")
+        at_depth = self.module.heads[target].reported_at_depth
         library = self._typical_library(target, batch_size) if at_depth else None
         mean_out = _rows_out(out, len(rows), n_features)
         std_out = _rows_out(out_std, len(rows), n_features) if return_std else None
@@ -269,20 +272,26 @@ class JointVAEOutputsMixin:
         for tensors in self._minibatches(adata, rows, batch_size):
             posterior = self.module.posterior(tensors, sources)
             qz, state = posterior.qz, posterior.states[target]
-            options = {} if library is None else {"noise_library": library}
+            options = {} if library is None else {"depth": library}
             mean, variance = self.module.readout(
                 target, qz.loc, tensors, state=state, variance=measurement_part, **options
             )
             latent = None  # the latent part of the variance (unless the measurement part holds it already)
             if return_std and not holds_latent and n_samples > 0:
-                draws = (self.module.readout(target, qz.sample(), tensors, state=state)[0] for _ in range(n_samples))
+                draws = (
+                    self.module.readout(target, qz.sample(), tensors, state=state, **options)[0]
+                    for _ in range(n_samples)
+                )
                 latent = sum((draw - mean) ** 2 for draw in draws) / n_samples
             if slope is not None:
                 mean = intercept + slope * mean
                 latent = None if latent is None else slope**2 * latent
                 variance = None if variance is None else slope**2 * variance
             stop = start + qz.loc.shape[0]
-            if reference is not None and reference.n_neighbors:
+            if readout == "population" and reference is not None:
+                everyone, covered = reference.population(mean)
+                mean = torch.where(covered, 0.5 * (mean + everyone), mean)
+            elif reference is not None and reference.n_neighbors:
                 nearby, spread, covered = reference.average(qz.loc, names[rows[start:stop]])
                 mean = torch.where(covered > 0, 0.5 * (mean + nearby), mean)
                 variance = torch.where(covered > 0, spread, variance if variance is not None else 0.0)

@@ -123,7 +123,7 @@ class ReadoutMixin:
             Batch codes to decode under and average; default: each cell's own batch, and for a cell whose batch never
             measured ``modality``, the average over the batches that did.
         options
-            Passed to the head's read-out (e.g. ``denoised``, ``target_sum``, ``noise_library``, ``library_size``).
+            Passed to the head's read-out (e.g. ``denoised``, ``target_sum``, ``depth``, ``library_size``).
 
         Returns
         -------

@@ -12,7 +12,7 @@ from torch.distributions import Distribution
 from pengster.distributions import SparseNegativeBinomial, SparseZeroInflatedNegativeBinomial
 
 from ._head import HEADS, RNA_TARGET_SUM, Head, HeadInput, masked_normalize
-from ._moments import count_moments
+from ._moments import count_moments, log1p_moments
 
 
 def log_normalized(counts: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,7 @@ class RNAHead(Head):
 
     name = "rna"
     OPTIONS = {"rna_likelihood": "likelihood"}
-    variance_needs_depth = True
+    reported_at_depth = True
 
     def __init__(
         self,
@@ -82,21 +82,26 @@ class RNAHead(Head):
             )
         return SparseNegativeBinomial(mu=rate, theta=theta, scale=scale, validate_args=False)
 
-    def reported(self, px, inputs, *, variance=False, denoised=False, target_sum=RNA_TARGET_SUM, noise_library=None):
-        """log1p of counts per ``target_sum``; the variance of one measurement at depth ``noise_library``.
+    def reported(self, px, inputs, *, variance=False, denoised=False, target_sum=RNA_TARGET_SUM, depth=None):
+        """log1p of counts per ``target_sum``, as one measurement at ``depth`` counts would read; and its variance.
 
-        The negative binomial's count variance at that depth (default: ``target_sum``) is carried to
-        ``log1p(x / library * target_sum)`` by the delta method (first order around the decoded mean).
+        With ``depth``: the expectation of ``log1p(x / depth * target_sum)`` over the decoded count distribution
+        at that depth, and its variance (:func:`~pengster.module._moments.log1p_moments`), which is what a cell
+        measured at that depth reads on average; below a few counts per gene it is well under the log of the
+        expected count. Without: ``log1p`` of the decoded proportions times ``target_sum`` (the denoised value),
+        and the variance at depth ``target_sum`` by the delta method.
         """
+        zi_logits = px.zi_logits if isinstance(px, SparseZeroInflatedNegativeBinomial) else None
+        if depth is not None:
+            mean, spread = log1p_moments(px.scale * depth, px.theta, target_sum / depth, zi_logits)
+            return mean, spread if variance else None
         value = torch.log1p(px.scale * target_sum)
         if not variance:
             return value, None
-        library = target_sum if noise_library is None else noise_library
-        arguments = {"mu": px.scale * library, "theta": px.theta}
-        if isinstance(px, SparseZeroInflatedNegativeBinomial):
-            arguments["zi_logits"] = px.zi_logits
+        arguments = {"mu": px.scale * target_sum, "theta": px.theta, "zi_logits": zi_logits}
+        arguments = {key: value for key, value in arguments.items() if value is not None}
         _, count_variance = count_moments(px.__class__(**arguments, validate_args=False))
-        slope = (target_sum / library) / (1 + px.scale * target_sum)
+        slope = 1 / (1 + px.scale * target_sum)
         return value, count_variance * slope**2
 
     def normalized(self, px, inputs, *, library_size=None):
