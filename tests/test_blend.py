@@ -10,6 +10,7 @@ from sklearn.neighbors import NearestNeighbors
 
 import pengster
 from pengster.model import JointVAE
+from pengster.model._blend import Reference
 
 SETUP_MODALITIES = {"rna_layer": "rna", "atac_layer": "atac", "protein_layer": "prot"}
 
@@ -95,6 +96,10 @@ def test_population_averages_the_decoder_with_each_peaks_open_rate(model):
     np.testing.assert_allclose(mean.to_numpy(), expected, rtol=1e-5, atol=1e-6)
     # the measurement part stays the decoder's (no neighbours' spread): the std does not change
     np.testing.assert_allclose(std.to_numpy(), decoder_std.to_numpy(), rtol=1e-5, atol=1e-6)
+    # the population needs each peak's total only: no training cell's values are kept (GBs at atlas size)
+    reference = Reference(model, "atac", None)
+    assert not hasattr(reference, "values")
+    np.testing.assert_allclose(reference.total / reference.measured, open_rate, rtol=1e-12)
 
 
 def test_auto_blends_except_for_atac_targets(model):

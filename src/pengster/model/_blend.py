@@ -60,12 +60,19 @@ class Reference:
         self.size = len(measured)
         if self.size == 0:
             return
-        latents, values, panels = [], [], []
+        # the population read-out needs each feature's total only: without neighbours or a layer, no cell's values
+        # are kept (at atlas size they would be GBs)
+        keep = bool(n_neighbors) or layer is not None
+        latents, values, panels, total = [], [], [], 0.0
         with _caller_random_state(model), torch.inference_mode():
             for tensors in model._minibatches(None, measured, batch_size):
                 if n_neighbors:  # the latent is only searched for neighbours
                     latents.append(module.posterior(tensors, states=False).qz.loc.cpu().numpy())
-                values.append(sparse.csr_matrix(module.observed(target, tensors).cpu().numpy()))
+                observed = module.observed(target, tensors)
+                if keep:
+                    values.append(sparse.csr_matrix(observed.cpu().numpy()))
+                else:
+                    total = total + observed.double().sum(0).cpu().numpy()
                 panels.append(tensors[REGISTRY_KEYS.PANEL].long().view(-1).numpy())
         if n_neighbors:
             self.latent = torch.as_tensor(np.concatenate(latents), device=model.device)
@@ -74,6 +81,10 @@ class Reference:
         table = module.panel_features(target).cpu().numpy()
         # panel one-hot @ mask table = each reference cell's measured features, without a cells x features matrix
         panel = np.concatenate(panels)
+        self.measured = np.bincount(panel, minlength=table.shape[0]) @ table
+        if not keep:
+            self.total = total
+            return
         values = (
             sparse.vstack(values).tocsr()
             if layer is None
@@ -86,19 +97,16 @@ class Reference:
             (np.ones(len(panel)), (np.arange(len(panel)), panel)), shape=(len(panel), table.shape[0])
         )
         self.table = table
+        self.total = np.asarray(self.values.sum(0)).ravel()
 
     def population(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The mean measured value of each feature over all reference cells that measured it, and where any did.
 
-        Both of shape ``(n_features,)``, on ``like``'s device and dtype (computed once).
+        Both of shape ``(n_features,)``, on ``like``'s device and dtype.
         """
-        if not hasattr(self, "_population"):
-            measured = np.asarray(self.panel_onehot.sum(0)).ravel() @ self.table
-            total = np.asarray(self.values.sum(0)).ravel()
-            mean = np.divide(total, measured, out=np.zeros_like(total), where=measured > 0)
-            self._population = (torch.as_tensor(mean), torch.as_tensor(measured > 0))
-        mean, covered = self._population
-        return mean.to(like.device, like.dtype), covered.to(like.device)
+        mean = np.divide(self.total, self.measured, out=np.zeros_like(self.total), where=self.measured > 0)
+        covered = torch.as_tensor(self.measured > 0, device=like.device)
+        return torch.as_tensor(mean, dtype=like.dtype, device=like.device), covered
 
     def _nearest(self, z: torch.Tensor, k: int) -> np.ndarray:
         """Indices of the ``k`` reference cells nearest each row of ``z`` (exact search, in chunks of rows)."""
