@@ -80,8 +80,8 @@ class Head(nn.Module):
     QUERY_FREE: ClassVar[tuple[str, ...]] = ()
     """Parameters a query model mapped onto a reference keeps learning (per-batch parameters)."""
     reported_at_depth: ClassVar[bool] = False
-    """A measurement's reported value depends on its depth: ``reported`` takes the ``depth`` of the cell whose
-    measurement it predicts (RNA's log1p of counts per 10k is lower, on average, for a shallow cell)."""
+    """The reported value of a measurement depends on its depth (``reported`` takes the ``depth`` of the cell whose
+    measurement it predicts; RNA's log1p of counts per 10k is lower, on average, for a shallow cell)."""
     variance_holds_latent: ClassVar[bool] = False
     """The reported variance of one measurement already holds the spread over the latent (ATAC's ``p (1 - p)``)."""
 

@@ -86,7 +86,7 @@ class RNAHead(Head):
         """log1p of counts per ``target_sum``, as one measurement at ``depth`` counts would read; and its variance.
 
         With ``depth``: the expectation of ``log1p(x / depth * target_sum)`` over the decoded count distribution
-        at that depth, and its variance (:func:`~pengster.module._moments.log1p_moments`), which is what a cell
+        at that depth, and its variance (``pengster.module._moments.log1p_moments``), which is what a cell
         measured at that depth reads on average; below a few counts per gene it is well under the log of the
         expected count. Without: ``log1p`` of the decoded proportions times ``target_sum`` (the denoised value),
         and the variance at depth ``target_sum`` by the delta method.
