@@ -102,6 +102,8 @@ def test_de_raw_statistics_over_measured_features(model):
     # scvi-tools and numpy sum the cells' float32 counts in other orders: ~n_cells * 2**-24 relative at most (1e-5)
     np.testing.assert_allclose(table["raw_mean1"].reindex(genes), expected, rtol=1e-5)
     nonzero = pd.Series(np.where(measured, (counts[rows2] > 0).mean(0), np.nan), index=genes)
+    # a count of non-zero cells over the group's size: exact integers, one division (2**-24 relative even in float32),
+    # whatever the summation order; 1e-6 is well above that
     np.testing.assert_allclose(table["non_zeros_proportion2"].reindex(genes), nonzero, rtol=1e-6)
 
 

@@ -172,6 +172,8 @@ def test_write_results_adds_exactly_the_documented_keys(trained):
 
     latent = mdata.obsm["X_pengster"]
     assert latent.shape == (mdata.n_obs, 4) and np.isfinite(latent).all()
+    # write_results calls get_latent_representation on the same cells, in the same order and minibatches (default
+    # batch size), in this process: the same float32 computation, so equal up to nothing; 1e-6 is a margin only
     np.testing.assert_allclose(latent, trained.get_latent_representation(mdata), rtol=1e-6)
     for modality, mod_key in MODALITIES.items():
         measured = mdata.obs_names.isin(mdata.mod[mod_key].obs_names)
@@ -192,6 +194,7 @@ def test_write_results_adds_exactly_the_documented_keys(trained):
     mdata.obsm["X_pengster"] = np.zeros_like(latent)
     write_results(trained, mdata, n_samples=2)
     assert_same(before, snapshot(mdata), added=expected)
+    # the same call on the same data in this process: the identical computation (see above)
     np.testing.assert_allclose(mdata.obsm["X_pengster"], latent, rtol=1e-6)
 
 

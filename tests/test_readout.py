@@ -102,6 +102,7 @@ def test_rna_reported_at_a_depth_is_the_expected_log1p_of_its_counts(model, dept
     error = 5 * (draws.var(0) / 4000).sqrt() + 0.02
     assert (value.double() - draws.mean(0)).abs()[:, measured].le(error[:, measured]).all()
     np.testing.assert_allclose(variance[:, measured].double(), draws.var(0)[:, measured], rtol=0.15, atol=0.01)
+    # without depth the head computes exactly this expression on the same tensor: identical, 1e-6 is a margin only
     np.testing.assert_allclose(plug_in, torch.log1p(px1.scale * 1e4), rtol=1e-6)
     gap = (plug_in - value)[:, measured]
     if depth < 1e3:
@@ -135,6 +136,7 @@ def test_log1p_moments_match_the_exact_sum(theta):
     zi_logits = torch.tensor([0.0, 1.0])
     inflated, _ = log1p_moments(torch.tensor([3.0, 3.0]), torch.tensor(theta), 2.0, zi_logits)
     plain, _ = log1p_moments(torch.tensor([3.0, 3.0]), torch.tensor(theta), 2.0)
+    # the same sums on the same inputs, then one float32 product each way: identical, 1e-6 is a margin only
     np.testing.assert_allclose(inflated, plain * torch.sigmoid(-zi_logits), rtol=1e-6)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from scipy import sparse
 
-from pengster._constants import MODALITIES, REGISTRY_KEYS
+from pengster._constants import REGISTRY_KEYS
 from pengster.data._align import has_column
 
 MAX_REFERENCE_CELLS = 50_000
@@ -19,11 +19,6 @@ MAX_REFERENCE_CELLS = 50_000
 SEARCH_CHUNK = 4096
 MINIBATCH_VALUES = 2**24
 """Default read-out minibatch: at most 1024 cells and about this many values (cells x features), 64 MB of float32."""
-
-
-def auto_readout(target: str) -> str:
-    """``predict``'s ``readout="auto"``: the target modality's read-out (``pengster._constants.Modality.readout``)."""
-    return MODALITIES[target].readout
 
 
 def readout_batch_size(n_features: int) -> int:
@@ -97,13 +92,15 @@ class Reference:
             (np.ones(len(panel)), (np.arange(len(panel)), panel)), shape=(len(panel), table.shape[0])
         )
         self.table = table
-        self.total = np.asarray(self.values.sum(0)).ravel()
+        self.total = None  # summed from the values when the population read-out asks for it
 
     def population(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The mean measured value of each feature over all reference cells that measured it, and where any did.
 
         Both of shape ``(n_features,)``, on ``like``'s device and dtype.
         """
+        if self.total is None:
+            self.total = np.asarray(self.values.sum(0)).ravel()
         mean = np.divide(self.total, self.measured, out=np.zeros_like(self.total), where=self.measured > 0)
         covered = torch.as_tensor(self.measured > 0, device=like.device)
         return torch.as_tensor(mean, dtype=like.dtype, device=like.device), covered

@@ -16,10 +16,10 @@ import scvi
 import torch
 from mudata import MuData
 
-from pengster._constants import REGISTRY_KEYS
+from pengster._constants import MODALITIES, REGISTRY_KEYS
 from pengster.module._head import RNA_TARGET_SUM
 
-from ._blend import Reference, auto_readout, fit_lines, readout_batch_size
+from ._blend import Reference, fit_lines, readout_batch_size
 
 REFERENCE_NEIGHBORS = 50
 """Neighbours of the ``blend`` read-out of :meth:`~pengster.model.JointVAE.predict` (chosen on a validation split of
@@ -132,7 +132,17 @@ class JointVAEOutputsMixin:
         return sources
 
     def _typical_library(self, modality: str, batch_size: int | None) -> float:
-        """Median total counts of the training cells that measured ``modality`` (the depth a prediction reads at)."""
+        """Median total counts of the training cells that measured ``modality`` (the depth a prediction reads at).
+
+        Computed once per model and modality (a pass over the training data; ``fit_lines`` calls ``predict`` once per
+        chunk of reference cells): the training counts never change.
+        """
+        known = self.__dict__.setdefault("_typical_libraries", {})
+        if modality not in known:
+            known[modality] = self._median_library(modality, batch_size)
+        return known[modality]
+
+    def _median_library(self, modality: str, batch_size: int | None) -> float:
         totals = []
         for tensors in self._minibatches(None, None, batch_size):
             has = tensors[REGISTRY_KEYS.has(modality)].view(-1) > 0
@@ -239,7 +249,7 @@ class JointVAEOutputsMixin:
         if n_neighbors < 1:
             raise ValueError(f"n_neighbors={n_neighbors}; pass n_neighbors >= 1 (or readout='decoder').")
         if readout == "auto":
-            readout = auto_readout(target)
+            readout = MODALITIES[target].readout
         aligned = self._aligned(adata)
         rows = self._rows(aligned, indices)
         n_features = aligned.mod[self.modalities[target]].n_vars
