@@ -73,15 +73,14 @@ class PengsterRunner:
         self.train_kwargs = dict(train_kwargs or {})
         self.predict_kwargs = dict(predict_kwargs or {})
 
-    def fit(self, study: Study, *, seed: int, max_epochs: int) -> None:
+    def fit(self, study: Study, *, seed: int, max_epochs: int | None) -> None:
         scvi.settings.seed = seed
         self.study = study
         self.mdata = study.mudata(layout="mosaic")
         modalities = {f"{m}_layer": MOD_KEYS[m] for m in MOD_KEYS if m in study.counts}
         pengster.model.JointVAE.setup_mudata(self.mdata, modalities=modalities, batch_key="batch")
         self.model = pengster.model.JointVAE(self.mdata, **self.model_kwargs)
-        train_kwargs = {"batch_size": 256, **self.train_kwargs}
-        self.model.train(max_epochs=max_epochs, accelerator=ACCELERATOR, enable_progress_bar=False, **train_kwargs)
+        self.model.train(max_epochs=max_epochs, accelerator=ACCELERATOR, enable_progress_bar=False, **self.train_kwargs)
         self.n_epochs = len(next(iter(self.model.history.values())))
 
     def predict(self, target: str, cells: pd.Index, *, n_samples: int = 1):

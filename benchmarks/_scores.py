@@ -104,7 +104,20 @@ def scib_scores(
     Bio: Leiden NMI and ARI, cell-type silhouette, isolated labels, cLISI. Batch: batch silhouette, iLISI, kBET,
     graph connectivity. A metric that fails on a small set (kBET on tiny cell types) is left out of its mean;
     ``kbet=False`` leaves kBET out (its first call compiles for about a minute; the quick run skips it).
+
+    scib-metrics leaves torch with one intra-op thread per core; the benchmark's setting is put back, so that the
+    models trained after a scoring run with the threads the benchmark states.
     """
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _scib_scores(latent, labels, batch, seed=seed, kbet=kbet)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _scib_scores(latent, labels, batch, *, seed: int, kbet: bool) -> dict[str, float]:
     import scib_metrics
 
     latent = np.asarray(latent, dtype=np.float32)

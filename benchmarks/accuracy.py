@@ -36,20 +36,20 @@ QUICK_EPOCHS = 3
 QUICK_CALIBRATION_SAMPLES = 5
 # kBET's first call compiles for minutes of CPU; iLISI measures batch mixing too (the issue asks for "kBET or iLISI")
 SCIB_KBET = False
+# epochs of TOTALVI (with early stopping) and of the quick run's models; pengster trains with its own rule (None)
 BMMC_EPOCHS = 100
 SNARE_EPOCHS = 10
 # MULTIVI trains with its own default schedule (MULTIVI.train: max_epochs=500, lr 1e-4, early stopping): at the
 # 100-epoch cap its validation loss is still falling steeply and its protein prediction is below the training mean.
 # SNARE-seq2 (about 5,400 training cells, 43 steps an epoch) gets 100 epochs: more optimizer steps than 500 epochs
-# of the small BMMC sets (3-4 steps an epoch), while pengster keeps its 10-epoch cap there.
+# of the small BMMC sets (3-4 steps an epoch).
 MULTIVI_EPOCHS = {"bmmc_cite": 500, "bmmc_multiome": 500, "bmmc_mosaic": 500, "pbmc_mosaic": 500, "snareseq2": 100}
-# empty: pengster runs with its defaults, which were chosen on a validation split of training cells (tune.py)
+# empty: pengster runs with its defaults, which were chosen on validation splits of training cells (tune.py,
+# training_length.py, reported_scale.py --validation): JointVAE(mdata), model.train() with no max_epochs (early
+# stopping decides) and model.predict(target=...) with no read-out argument (readout="auto")
 PENGSTER_MODEL_KWARGS: dict = {}
 PENGSTER_TRAIN_KWARGS: dict = {}
-# predictions on the data's own normalized scale: the neighbours average the scored values of the training cells
-# (what kNN and ridge learn from) and the decoder is mapped onto them per feature (chosen on the validation split)
-# (predict's default readout="auto": the blend for RNA and protein targets, the decoder for ATAC ones)
-PENGSTER_PREDICT_KWARGS: dict = {"layer": _tasks.SCORED_LAYER}
+PENGSTER_PREDICT_KWARGS: dict = {}
 
 
 @dataclass
@@ -300,6 +300,8 @@ def run(
                 max_epochs = config.max_epochs
                 if method == "multivi" and not quick:
                     max_epochs = MULTIVI_EPOCHS.get(config.dataset, max_epochs)
+                if method == "pengster" and not quick:
+                    max_epochs = None  # the package's training-length rule
                 runner.fit(study, seed=seed, max_epochs=max_epochs)
                 seconds = time.perf_counter() - start
                 logger.info(

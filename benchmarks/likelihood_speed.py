@@ -10,7 +10,7 @@ counts itself: what pengster's loss gets without a change); ``given``, ``px.log_
 indices computed beforehand (by a data loader); ``dense``, lgamma at every entry (what runs on an accelerator when no
 indices are given).
 
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/likelihood_speed.py   # about 1 minute of CPU time; longer under load
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/likelihood_speed.py   # about 1 min of CPU time
 
 Writes ``benchmarks/results/likelihood_speed.json``.
 """

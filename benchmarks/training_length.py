@@ -1,144 +1,224 @@
-"""How many optimizer steps pengster needs: validation accuracy along one long training, on training cells only.
+"""How long to train: two default rules compared on validation splits of training cells, and where early stopping stops.
 
-SNARE-seq2 (``pengster.datasets.mop_snareseq2``): the six libraries the first tutorial trains on (09A-09F) are split
-by library into fit (09A-09D) and validation (09E-09F) nuclei; the tutorial's held-out libraries (09G, 09H) are
-never read. One model is trained for ``--epochs`` epochs with the default settings otherwise (early stopping off, so
-the whole curve is seen); every ``--every`` epochs the validation nuclei are predicted from one modality, and scored:
-ATAC->RNA Pearson r per gene, RNA->ATAC AUROC and Pearson r per peak; the validation loss is logged every epoch.
-The default ``max_epochs`` (:func:`pengster.train.default_max_epochs`) is chosen from these curves.
+Rules (``RULES``):
 
-    OMP_NUM_THREADS=1 python benchmarks/training_length.py    # writes benchmarks/results/training_length.json/.md
+- ``steps_500`` (pengster 0.2): ``max_epochs`` for about 500 optimizer steps, at least 20 epochs, at most scvi-tools'
+  heuristic; KL warm-up over a quarter of the epochs; the last epoch's weights. (0.2 also had early stopping with a
+  patience of 20 epochs, which within 20-39 epochs almost never fired; here it is off.)
+- ``early_stopping`` (pengster 0.3, ``model.train()``): scvi-tools' heuristic as the cap, KL warm-up over 125 steps,
+  validation loss at the full KL weight, stop after 20 epochs or 250 steps without improvement, and the weights of
+  the lowest validation loss kept (:func:`pengster.train.training_length`).
+
+Real data: every configuration of ``benchmarks/accuracy.py`` on ``tune.py``'s validation split (each dataset keeps
+its training cells only, split into fit and validation cells; no test cell is read), scored with the accuracy
+benchmark's own code and the default read-outs. Synthetic CITE-seq sets of growing size (``--synthetic``) show the
+step/epoch trade-off: where the validation loss stops falling, and how far below the 0.2 budget's last epoch it is
+(synthetic data say nothing about accuracy).
+
+    PENGSTER_DATA_DIR=../shared/data OMP_NUM_THREADS=1 .venv/bin/python benchmarks/training_length.py \
+        --datasets bmmc_cite bmmc_multiome --runs length_a.csv
+    .venv/bin/python benchmarks/training_length.py --synthetic 2000 8000 32000 --runs length_s.csv
+    .venv/bin/python benchmarks/training_length.py --from-runs length_*.csv    # results/training_length.{json,md}
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
+import sys
 import time
+import warnings
 from pathlib import Path
 
-import mudata as md
 import numpy as np
+import pandas as pd
 import scvi
 import torch
-from lightning.pytorch.callbacks import Callback
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pengster
-from pengster import metrics
+from benchmarks import _models, accuracy, tune
 
-RESULTS = Path(__file__).resolve().parent / "results"
-FIT, VALIDATION = ["09A", "09B", "09C", "09D"], ["09E", "09F"]
-
-
-def _subset(mdata: md.MuData, mask: np.ndarray, keep: dict) -> md.MuData:
-    subset = md.MuData({key: adata[mask][:, keep[key]].copy() for key, adata in mdata.mod.items()})
-    subset.obs = mdata.obs.loc[subset.obs_names].copy()
-    return subset
+logger = logging.getLogger("benchmarks.training_length")
+RULES = ("steps_500", "early_stopping")
+SELECTED = tune.SELECTED_TASKS
+TRAIN_FRACTION = 0.9  # scvi-tools' default train_size
 
 
-def _only(mdata: md.MuData, modality: str) -> md.MuData:
-    single = md.MuData({modality: mdata.mod[modality].copy()})
-    single.obs = mdata.obs.loc[single.obs_names].copy()
-    return single
+def steps_500(n_cells: int) -> dict:
+    """pengster 0.2's default length, spelled out as ``train`` arguments (minibatches of 256)."""
+    steps_per_epoch = math.ceil(int(n_cells * TRAIN_FRACTION) / 256)
+    epochs = max(20, math.ceil(500 / steps_per_epoch))
+    epochs = min(epochs, pengster.train.default_max_epochs(n_cells))
+    return {"max_epochs": epochs, "early_stopping": False, "plan_kwargs": {"n_epochs_kl_warmup": max(1, epochs // 4)}}
 
 
-def _log_normalize(counts) -> np.ndarray:
-    counts = np.asarray(counts.toarray(), dtype=np.float32)
-    return np.log1p(counts / counts.sum(1, keepdims=True).clip(1) * 1e4)
-
-
-class Scores(Callback):
-    """Score the validation nuclei every ``every`` epochs (the module is put back in training mode after)."""
-
-    def __init__(self, model, validation: md.MuData, every: int):
-        self.model, self.validation, self.every, self.rows = model, validation, every, []
-        self.observed_rna = _log_normalize(validation.mod["rna"].X)
-        self.observed_atac = (validation.mod["atac"].X > 0).astype(np.float32).toarray()
-        self.rna_only, self.atac_only = _only(validation, "rna"), _only(validation, "atac")
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        epoch = trainer.current_epoch + 1
-        if epoch % self.every:
-            return
-        start = time.perf_counter()
-        # the getters refuse a model whose training has not ended; this one is scored mid-training on purpose
-        self.model.is_trained_ = True
-        try:
-            rna = self.model.predict(adata=self.atac_only, target="rna", source="atac")
-            atac = self.model.predict(adata=self.rna_only, target="atac", source="rna")
-        finally:
-            self.model.is_trained_ = False
-            self.model.module.train()
-        self.rows.append(
-            {
-                "epoch": epoch,
-                "steps": trainer.global_step,
-                "atac_to_rna_pearson_per_gene": metrics.pearson_per_feature(self.observed_rna, rna.to_numpy()),
-                "rna_to_atac_auroc_per_peak": metrics.auroc_per_feature(self.observed_atac, atac.to_numpy()),
-                "rna_to_atac_pearson_per_peak": metrics.pearson_per_feature(self.observed_atac, atac.to_numpy()),
-                "score_seconds": time.perf_counter() - start,
-            }
-        )
-        print(self.rows[-1], flush=True)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=80)
-    parser.add_argument("--every", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    scvi.settings.seed = args.seed
-    md.set_options(pull_on_update=False)
-    snare = pengster.datasets.mop_snareseq2()
-    library = snare.obs["batch"].astype(str)
-    fit_mask = library.isin(FIT).to_numpy()
-    keep = {key: np.asarray((adata.X[fit_mask] > 0).sum(0)).ravel() > 0 for key, adata in snare.mod.items()}
-    fit = _subset(snare, fit_mask, keep)
-    validation = _subset(snare, library.isin(VALIDATION).to_numpy(), keep)
-    pengster.model.JointVAE.setup_mudata(fit, modalities={"rna_layer": "rna", "atac_layer": "atac"})
-    model = pengster.model.JointVAE(fit)
-    scores = Scores(model, validation, args.every)
+def _fit(runner: _models.PengsterRunner, study, *, seed: int, rule: str) -> dict:
+    """Train ``runner`` on ``study`` with ``rule``; return epochs, best epoch and seconds."""
+    scvi.settings.seed = seed
+    runner.study = study
+    runner.mdata = study.mudata(layout="mosaic")
+    modalities = {f"{m}_layer": _models.MOD_KEYS[m] for m in _models.MOD_KEYS if m in study.counts}
+    pengster.model.JointVAE.setup_mudata(runner.mdata, modalities=modalities, batch_key="batch")
+    runner.model = pengster.model.JointVAE(runner.mdata)
+    kwargs = steps_500(runner.mdata.n_obs) if rule == "steps_500" else {}
     start = time.perf_counter()
-    model.train(
-        max_epochs=args.epochs,
-        early_stopping=False,
-        check_val_every_n_epoch=1,  # the validation loss of every epoch (scvi-tools skips it without early stopping)
-        enable_progress_bar=False,
-        callbacks=[scores],
+    runner.model.train(accelerator=_models.ACCELERATOR, enable_progress_bar=False, **kwargs)
+    return _length(runner.model, time.perf_counter() - start, runner.mdata.n_obs)
+
+
+def _length(model, seconds: float, n_cells: int) -> dict:
+    history = model.history
+    n_epochs = len(history["train_loss"])
+    losses = history["validation_loss"].iloc[:, 0].to_numpy() if "validation_loss" in history else np.array([])
+    best = int(np.nanargmin(losses)) + 1 if len(losses) else n_epochs
+    steps = math.ceil(int(n_cells * TRAIN_FRACTION) / 256)
+    return {"n_epochs": n_epochs, "best_epoch": best, "steps_per_epoch": steps, "train_seconds": seconds}
+
+
+def run_real(datasets: list[str] | None, seeds: list[int], runs_path: Path) -> None:
+    """Both rules on every configuration's validation split; rows appended to ``runs_path``."""
+    torch.set_num_threads(1)
+    rows, studies = [], {}
+    for seed in seeds:
+        for config in accuracy.configs(quick=False):
+            if datasets and config.dataset not in datasets:
+                continue
+            if config.dataset not in studies:
+                studies[config.dataset] = tune.validation_study(config.load())
+            study = studies[config.dataset].hide(**config.hide(studies[config.dataset]))
+            for rule in RULES:
+                runner = _models.PengsterRunner()
+                length = _fit(runner, study, seed=seed, rule=rule)
+                logger.info("%s %s seed %d %s: %s", config.dataset, config.predictions[0].task, seed, rule, length)
+                tasks = "+".join(p.task for p in config.predictions)
+                for key, value in length.items():
+                    rows.append(_row(config.dataset, f"length of {tasks}", key, rule, seed, value))
+                for row in accuracy._model_rows(runner, study, config, seed, length["train_seconds"]):
+                    rows.append({**row, "method": rule})
+                pd.DataFrame(rows).to_csv(runs_path, index=False)
+
+
+def _row(dataset: str, task: str, metric: str, method: str, seed: int, value: float) -> dict:
+    return {"dataset": dataset, "task": task, "metric": metric, "method": method, "seed": seed, "value": float(value)}
+
+
+def run_synthetic(sizes: list[int], seeds: list[int], runs_path: Path) -> None:
+    """The default rule on synthetic CITE-seq sets of ``sizes`` cells: where training stops, and why."""
+    torch.set_num_threads(1)
+    rows = []
+    for seed in seeds:
+        for n_cells in sizes:
+            mdata = pengster.data.synthetic_mosaic(
+                n_cells={"cite": n_cells}, n_genes=1000, n_proteins=30, n_batches=2, seed=seed
+            )
+            pengster.model.JointVAE.setup_mudata(mdata, modalities={"rna_layer": "rna", "protein_layer": "prot"})
+            scvi.settings.seed = seed
+            model = pengster.model.JointVAE(mdata)
+            start = time.perf_counter()
+            model.train(enable_progress_bar=False)
+            length = _length(model, time.perf_counter() - start, n_cells)
+            losses = model.history["validation_loss"].iloc[:, 0].to_numpy()
+            old = steps_500(n_cells)["max_epochs"]
+            length.update(
+                cap=pengster.train.default_max_epochs(n_cells),
+                steps_500_epochs=old,
+                loss_at_best=float(losses[length["best_epoch"] - 1]),
+                loss_at_steps_500=float(losses[min(old, len(losses)) - 1]),
+            )
+            logger.info("synthetic %d cells seed %d: %s", n_cells, seed, length)
+            for key, value in length.items():
+                rows.append(_row(f"synthetic_{n_cells}", "length", key, "early_stopping", seed, value))
+            pd.DataFrame(rows).to_csv(runs_path, index=False)
+
+
+def markdown(runs: pd.DataFrame, note: str) -> str:
+    """The headline metrics of both rules, their mean ranks, the lengths, and the synthetic sets."""
+    lines = ["# Training length: two default rules on validation splits of the training cells", "", note, ""]
+    real = runs[~runs["dataset"].str.startswith("synthetic")]
+    if not real.empty:
+        summary = tune.summarize(real.rename(columns={"method": "candidate"}))
+        table = tune.ranks(summary, list(RULES))
+        if not table.empty:
+            mean_rank = table.mean(0).sort_values()
+            lines += [
+                f"Mean rank over the {len(table)} (dataset, task) headline metrics (1 = better; the rule chosen "
+                f"before the run: the lower mean rank): **{mean_rank.index[0]}**.",
+                "",
+                "| rule | mean rank |",
+                "|---|---|",
+                *[f"| {name} | {value:.2f} |" for name, value in mean_rank.items()],
+                "",
+            ]
+        lines += ["| dataset | task | metric | " + " | ".join(RULES) + " |", "|---|---|---|" + "---|" * len(RULES)]
+        shown = summary[summary["main"] | summary["task"].str.startswith("length")]
+        shown = shown[~shown["metric"].isin(["steps_per_epoch"])]
+        for (dataset, task, metric), group in shown.groupby(["dataset", "task", "metric"], sort=False):
+            by = group.set_index("candidate")
+            cells = [_cell(by, rule, metric) for rule in RULES]
+            lines.append(f"| {dataset} | {task} | {metric} | " + " | ".join(cells) + " |")
+        lines.append("")
+    synthetic = runs[runs["dataset"].str.startswith("synthetic")]
+    if not synthetic.empty:
+        wide = synthetic.pivot_table(index=["dataset", "seed"], columns="metric", values="value").reset_index()
+        wide["n"] = wide["dataset"].str.replace("synthetic_", "").astype(int)
+        lines += [
+            "## Synthetic CITE-seq sets (1,000 genes, 30 proteins): where the default rule stops",
+            "",
+            "| cells | seed | steps an epoch | cap (epochs) | stopped at epoch | best epoch | best step | "
+            "0.2 budget (epochs) | validation loss at 0.2's last epoch | at the best epoch | seconds |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for _, row in wide.sort_values(["n", "seed"]).iterrows():
+            lines.append(
+                f"| {row['n']:,} | {row['seed']} | {row['steps_per_epoch']:.0f} | {row['cap']:.0f} | "
+                f"{row['n_epochs']:.0f} | {row['best_epoch']:.0f} | {row['best_epoch'] * row['steps_per_epoch']:.0f} "
+                f"| {row['steps_500_epochs']:.0f} | {row['loss_at_steps_500']:.1f} | {row['loss_at_best']:.1f} | "
+                f"{row['train_seconds']:.0f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(by: pd.DataFrame, rule: str, metric: str) -> str:
+    if rule not in by.index:
+        return "–"
+    digits = 0 if metric in ("n_epochs", "best_epoch", "train_seconds") else 3
+    return f"{by.loc[rule, 'mean']:.{digits}f} ± {by.loc[rule, 'sd']:.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", help="only these datasets of the accuracy benchmark")
+    parser.add_argument("--synthetic", type=int, nargs="+", help="synthetic CITE-seq sets of these sizes instead")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--runs", type=Path, default=Path("training_length_runs.csv"))
+    parser.add_argument("--from-runs", type=Path, nargs="+", help="summarize these CSVs into results/")
+    parser.add_argument("--out", type=Path, default=accuracy.RESULTS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    warnings.filterwarnings("ignore")
+    if args.synthetic:
+        run_synthetic(args.synthetic, args.seeds, args.runs)
+    elif not args.from_runs:
+        run_real(args.datasets, args.seeds, args.runs)
+    if not args.from_runs:
+        return
+    runs = pd.concat([pd.read_csv(path) for path in args.from_runs], ignore_index=True)
+    seeds = sorted(runs["seed"].unique().tolist())
+    note = (
+        f"pengster {pengster.__version__}, seeds {seeds}, 1 torch thread. Produced by `benchmarks/training_length.py`; "
+        "no test cell is read."
     )
-    seconds = time.perf_counter() - start
-    history = {key: model.history[key].iloc[:, 0].tolist() for key in ("train_loss", "validation_loss")}
-    result = {
-        "data": f"SNARE-seq2, fit libraries {FIT}, validation libraries {VALIDATION}",
-        "n_fit": fit.n_obs,
-        "n_validation": validation.n_obs,
-        "seed": args.seed,
-        "threads": torch.get_num_threads(),
-        "train_seconds": seconds,
-        "scores": scores.rows,
-        "history": history,
-    }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "training_length.json").write_text(json.dumps(result, indent=1))
-    lines = [
-        "# Validation accuracy along one training (SNARE-seq2, training libraries only)",
-        "",
-        f"Fit {fit.n_obs:,} nuclei ({', '.join(FIT)}), validation {validation.n_obs:,} ({', '.join(VALIDATION)}); "
-        f"seed {args.seed}, 1 torch thread, {seconds:.0f} s. Produced by `benchmarks/training_length.py`.",
-        "",
-        "| epoch | steps | ATAC->RNA r per gene | RNA->ATAC AUROC per peak | RNA->ATAC r per peak | validation loss |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in scores.rows:
-        loss = history["validation_loss"][row["epoch"] - 1]
-        lines.append(
-            f"| {row['epoch']} | {row['steps']} | {row['atac_to_rna_pearson_per_gene']:.3f} | "
-            f"{row['rna_to_atac_auroc_per_peak']:.3f} | {row['rna_to_atac_pearson_per_peak']:.3f} | {loss:.0f} |"
-        )
-    (args.out / "training_length.md").write_text("\n".join(lines) + "\n")
+    runs.to_csv(args.out / "training_length_runs.csv", index=False)
+    records = tune.summarize(runs.rename(columns={"method": "candidate"})).to_dict(orient="records")
+    (args.out / "training_length.json").write_text(json.dumps(records, indent=1) + "\n")
+    (args.out / "training_length.md").write_text(markdown(runs, note))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ write_benchmark_tables(ROOT / "benchmarks" / "results", HERE / "_build" / "bench
 # the source tree. speed.md (its GPU rows are 0.1.0's; the Benchmarks page shows its CPU table) and query.md (0.1.0)
 # stay in the source tree. docs/benchmarks/ is a build product (see .gitignore).
 SITE_RESULTS = [
-    "accuracy", "tune", "training_length", "readout", "differential", "differential_scale", "reported_scale",
+    "accuracy", "tune", "training_length", "training_curve", "readout", "differential", "differential_scale", "reported_scale",
     "reported_scale_validation",
 ]  # fmt: skip
 _BENCHMARKS = HERE / "benchmarks"

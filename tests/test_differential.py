@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import scvi
 import sparse as pydata_sparse
 import torch
 from scipy import sparse
@@ -105,6 +106,36 @@ def test_de_raw_statistics_over_measured_features(model):
     # a count of non-zero cells over the group's size: exact integers, one division (2**-24 relative even in float32),
     # whatever the summation order; 1e-6 is well above that
     np.testing.assert_allclose(table["non_zeros_proportion2"].reindex(genes), nonzero, rtol=1e-6)
+
+
+def test_de_across_gene_panels_compares_decoded_values_not_zeros(model):
+    """Multiome cells against CITE-seq cells (different gene panels): every gene has a decoded value in both groups."""
+    rows1, rows2 = _cells(model, "multiome", "type0"), _cells(model, "cite", "type0")
+    table = model.differential_expression(idx1=rows1, idx2=rows2, **FAST)
+    panels = np.asarray(model.adata_manager.get_from_registry("panel")).reshape(-1)
+    measured = model.module.panel_features("rna").cpu().numpy() > 0
+    only_cite = model.adata.mod["rna"].var_names[measured[panels[rows2][0]] & ~measured[panels[rows1][0]]]
+    assert len(only_cite) > 0
+    # the multiome panel lacks these genes: decoded on its own panel they would be 0, an infinite fold change
+    assert (table.loc[only_cite, "scale1"] > 0).all()
+    assert np.isfinite(table.loc[only_cite, "lfc_mean"]).all()
+    # and its raw statistics say that no multiome cell measured them
+    assert table.loc[only_cite, "raw_mean1"].isna().all()
+
+
+def test_de_samples_do_not_depend_on_the_minibatch_size(model):
+    """The posterior noise is drawn once for all sampled cells, so the minibatch size changes no sample."""
+    tables = []
+    for batch_size in (16, 50):
+        scvi.settings.seed = 0
+        tables.append(model.differential_expression(groupby="cell_type", group1="type0", group2="type1",
+                                                    batch_size=batch_size, **FAST))  # fmt: skip
+    first, second = tables[0], tables[1].loc[tables[0].index]
+    # the same float32 operations on minibatches of other sizes: a matrix product may sum in another order, a few
+    # 2**-24 relative per value, and scale1 is a mean of such values; 1e-5 is far above that and far below the
+    # Monte Carlo error of another draw (about 1/sqrt(200) relative)
+    np.testing.assert_allclose(first["scale1"], second["scale1"], rtol=1e-5)
+    np.testing.assert_allclose(first["scale2"], second["scale2"], rtol=1e-5)
 
 
 def test_de_genes_and_proteins_in_one_table(model):

@@ -190,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--max-epochs",
         type=_positive_int,
-        help="at least 1 (default: about 500 optimizer steps, at least 20 epochs and at most scvi-tools' heuristic)",
+        help="at least 1 (default: scvi-tools' heuristic as a cap; early stopping on the validation loss ends it)",
     )
     fit.add_argument("--batch-size", type=_positive_int, help="cells per minibatch (default: chosen from the data)")
     fit.add_argument(

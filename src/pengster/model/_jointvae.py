@@ -24,7 +24,7 @@ from pengster.module import JointVAEModule
 from pengster.module._bridge import needs_bridge
 from pengster.train import JointTrainingPlan
 from pengster.train._callbacks import training_callbacks, training_guard
-from pengster.train._options import default_max_epochs, training_options
+from pengster.train._options import default_max_epochs, training_length, training_options
 from pengster.train._quiet import quiet_lightning
 
 from . import _legacy, _setup
@@ -310,9 +310,9 @@ class JointVAE(
     ):
         """Train with scvi-tools' training plan; every argument of :meth:`scvi.model.SCVI.train` is accepted.
 
-        Defaults that differ from scvi-tools: ``max_epochs`` from a budget of optimizer steps (below), early
-        stopping on ``validation_loss`` (patience 20), KL warm-up over a quarter of ``max_epochs`` (at most 50
-        epochs), minibatches holding every dataset, and for a query model (:meth:`load_query_data`) no weight
+        Defaults that differ from scvi-tools: early stopping on ``validation_loss`` decides the length of training
+        (below), the weights of the epoch with the lowest validation loss are kept, KL warm-up over 125 optimizer
+        steps, minibatches holding every dataset, and for a query model (:meth:`load_query_data`) no weight
         decay. ``accelerator``, ``devices`` and ``strategy`` go to Lightning.
 
         Each training step is seeded from ``(scvi.settings.seed, epoch, minibatch)``; a NaN or infinite loss or gradient
@@ -325,17 +325,18 @@ class JointVAE(
         Parameters
         ----------
         max_epochs
-            Passes over the data. Default: enough epochs for about 500 optimizer steps, at least 20 and at most
-            scvi-tools' heuristic (400 epochs up to 20k cells, fewer above); see
-            :func:`pengster.train.default_max_epochs`. Early stopping usually ends training sooner.
+            Most passes over the data. Default: scvi-tools' heuristic (400 epochs up to 20k cells, fewer above;
+            :func:`pengster.train.default_max_epochs`), a cap that early stopping usually ends well before.
         batch_size
             Cells per minibatch. Default: 256 up to 25k cells, doubling with the data above that (at most 2048),
             see ``pengster.train.auto_batch_size``. The learning rate is 3e-3 (chosen on a validation
             split, ``benchmarks/results/tune.md``); with ``fast`` and the automatic size it grows with the square
             root of the minibatch. ``plan_kwargs={"lr": ...}`` overrides both.
         early_stopping
-            Stop when the validation loss stops improving (off, with a logged warning, when ``train_size=1.0``
-            leaves no validation cells).
+            Stop when the validation loss (at the full KL weight, also during the warm-up) has not improved for 20
+            epochs or 250 optimizer steps, whichever is longer, and keep the weights of its lowest epoch (see
+            :func:`pengster.train.training_length`). Off, with a logged warning, when ``train_size=1.0`` leaves no
+            validation cells; off, training runs ``max_epochs`` and keeps the last weights.
         plan_kwargs
             Passed to scvi-tools' ``TrainingPlan`` (e.g. ``lr``, ``weight_decay``).
         fast
@@ -376,7 +377,6 @@ class JointVAE(
             early_stopping = False
         if early_stopping:
             kwargs.setdefault("early_stopping_monitor", "validation_loss")
-            kwargs.setdefault("early_stopping_patience", 20)
         binary = "atac" in self.modalities and self.module.heads["atac"].likelihood == "bernoulli"
         batch_size, plan_kwargs, kwargs = training_options(
             n_cells=self.adata.n_obs,
@@ -390,11 +390,16 @@ class JointVAE(
         )
         n_train = int(self.adata.n_obs * (kwargs.get("train_size") or 0.9))
         steps_batch = batch_size or scvi.settings.batch_size
-        max_epochs = max_epochs or default_max_epochs(self.adata.n_obs, n_train, steps_batch)
-        plan_kwargs.setdefault("n_epochs_kl_warmup", max(1, min(50, max_epochs // 4)))
+        max_epochs = max_epochs or default_max_epochs(self.adata.n_obs)
+        warmup_steps, patience = training_length(max_epochs, n_train, steps_batch)
+        if "n_epochs_kl_warmup" not in plan_kwargs and "n_steps_kl_warmup" not in plan_kwargs:
+            plan_kwargs.update(n_epochs_kl_warmup=None, n_steps_kl_warmup=warmup_steps)
+        if early_stopping:
+            kwargs.setdefault("early_stopping_patience", patience)
         # scvi-tools' Trainer sets torch.backends.cudnn.benchmark (a process-wide switch) to True: keep the user's
         kwargs.setdefault("benchmark", torch.backends.cudnn.benchmark)
-        kwargs["callbacks"] = training_callbacks(self, checkpoint_dir, kwargs.get("callbacks"))
+        keep_best = kwargs["early_stopping_monitor"] if early_stopping else None
+        kwargs["callbacks"] = training_callbacks(self, checkpoint_dir, kwargs.get("callbacks"), keep_best=keep_best)
         # Lightning warns when an epoch has fewer minibatches than its logging interval (10); small data has fewer
         kwargs.setdefault("log_every_n_steps", max(1, min(10, n_train // steps_batch)))
         with training_guard(checkpoint_dir), quiet_lightning():

@@ -73,10 +73,12 @@ class ReadoutMixin:
             decoding[modality] = state
         return Posterior(qz=qz, available=available, has=has, libraries=libraries, states=decoding)
 
-    def _head_input(self, modality, tensors, batch_index, library, state) -> HeadInput:
+    def _head_input(self, modality, tensors, batch_index, library, state, every_feature=False) -> HeadInput:
         cat_covs = tensors.get(REGISTRY_KEYS.CAT_COVS)
         categoricals = self._categoricals(batch_index, None if cat_covs is None else cat_covs.long())
         mask = self.feature_mask(modality, tensors[REGISTRY_KEYS.PANEL].long())
+        if every_feature:
+            mask = torch.ones_like(mask)
         return HeadInput(categoricals, mask, library, state)
 
     def distribution(
@@ -108,6 +110,7 @@ class ReadoutMixin:
         state: torch.Tensor | None = None,
         batches: Sequence[int] | None = None,
         variance: bool = False,
+        every_feature: bool = False,
         **options,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A head's read-out of ``modality`` at ``z`` ``(..., n_cells, n_latent)`` for a minibatch.
@@ -122,6 +125,10 @@ class ReadoutMixin:
         batches
             Batch codes to decode under and average; default: each cell's own batch, and for a cell whose batch never
             measured ``modality``, the average over the batches that did.
+        every_feature
+            Decode as if the cell's panel had measured every feature: RNA proportions are then shares of the whole
+            gene set, comparable between cells of different gene panels (default: shares of the genes the cell's
+            panel measured, 0 at the others).
         options
             Passed to the head's read-out (e.g. ``denoised``, ``target_sum``, ``depth``, ``library_size``).
 
@@ -134,7 +141,7 @@ class ReadoutMixin:
         library = options.pop("library", 1.0)
 
         def under(codes: torch.Tensor):
-            inputs = self._head_input(modality, tensors, codes, library, state)
+            inputs = self._head_input(modality, tensors, codes, library, state, every_feature)
             px = self.decode(modality, z, inputs, tensors.get(REGISTRY_KEYS.CONT_COVS))
             if scale == "normalized":
                 return head.normalized(px, inputs, **options), None

@@ -233,6 +233,51 @@ def diagnose(module, tensors: Mapping[str, torch.Tensor]) -> list[str]:
     return parts
 
 
+class BestWeights(Callback):
+    """Keep a copy of the weights of the epoch with the lowest validation loss, and put them back when training ends.
+
+    Early stopping ends training ``patience`` epochs after the best epoch; those epochs are a test of the weights,
+    not an improvement of them. The copy lives on the training device (no transfer to the host) and in the state of
+    ``last.ckpt``, so a resumed run restores the same epoch.
+
+    Parameters
+    ----------
+    monitor
+        The logged metric that decides (lower is better).
+    """
+
+    def __init__(self, monitor: str = "validation_loss"):
+        self.monitor = monitor
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        """Copy the weights when this epoch's validation loss is the lowest so far."""
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
+            return
+        value = float(value)
+        if np.isfinite(value) and (self.best is None or value < self.best):
+            self.best, self.best_epoch = value, trainer.current_epoch
+            self.weights = {key: tensor.detach().clone() for key, tensor in pl_module.module.state_dict().items()}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """Load the best epoch's weights into the module."""
+        if self.weights is not None and self.best_epoch != trainer.current_epoch:
+            pl_module.module.load_state_dict(self.weights)
+            logger.info("JointVAE.train: kept the weights of epoch %d (lowest validation loss).", self.best_epoch + 1)
+        self.weights = None
+
+    def state_dict(self) -> dict:
+        """Best value, epoch and weights, for ``last.ckpt``."""
+        return {"best": self.best, "best_epoch": self.best_epoch, "weights": self.weights}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        self.best, self.best_epoch, self.weights = state_dict["best"], state_dict["best_epoch"], state_dict["weights"]
+
+
 class ResumableCheckpoint(SaveCheckpoint):
     """Each epoch, atomically write ``last.ckpt`` (resume with ``ckpt_path``) and ``last_model/`` (``JointVAE.load``).
 
@@ -279,8 +324,14 @@ class ResumableCheckpoint(SaveCheckpoint):
         """No per-step checkpoints."""
 
 
-def training_callbacks(model, checkpoint_dir: str | os.PathLike | None, callbacks: Sequence | None) -> list:
-    """The user's callbacks plus pengster's: epoch seeding, the finite-loss check and, with a folder, checkpoints."""
+def training_callbacks(
+    model, checkpoint_dir: str | os.PathLike | None, callbacks: Sequence | None, *, keep_best: str | None = None
+) -> list:
+    """The user's callbacks plus pengster's: epoch seeding, the finite-loss check, checkpoints and the best weights.
+
+    Checkpoints are written with a ``checkpoint_dir``; with ``keep_best`` (a metric), the weights of its lowest epoch
+    are kept (:class:`BestWeights`).
+    """
     from scvi import settings
 
     batches = model.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH).categorical_mapping
@@ -288,6 +339,8 @@ def training_callbacks(model, checkpoint_dir: str | os.PathLike | None, callback
         StepSeed(settings.seed if settings.seed is not None else torch.initial_seed() % 2**63),
         FiniteLossCheck(list(batches)),
     ]
+    if keep_best is not None:
+        added.append(BestWeights(keep_best))
     if checkpoint_dir is not None:
         added.append(ResumableCheckpoint(checkpoint_dir))
     return [*(callbacks or []), *added]

@@ -34,27 +34,39 @@ def scaled_lr(batch_size: int) -> float:
     return BASE_LR * math.sqrt(max(batch_size, BASE_BATCH_SIZE) / BASE_BATCH_SIZE)
 
 
-DEFAULT_STEPS = 500
-"""Optimizer steps the default ``max_epochs`` aims at (see :func:`default_max_epochs`)."""
-MIN_DEFAULT_EPOCHS = 20
+KL_WARMUP_STEPS = 125
+"""Optimizer steps over which the KL weight rises from 0 to 1 (at most a quarter of the training's steps)."""
+PATIENCE_EPOCHS = 20
+PATIENCE_STEPS = 250
+"""Early stopping waits this many epochs or optimizer steps, whichever is longer, for a lower validation loss."""
 
 
-def default_max_epochs(n_cells: int, n_train_cells: int, batch_size: int) -> int:
-    """Epochs for about 500 optimizer steps (``DEFAULT_STEPS``): at least 20, at most scvi-tools' heuristic.
+def default_max_epochs(n_cells: int, n_train_cells: int | None = None, batch_size: int | None = None) -> int:
+    """The cap on epochs when ``max_epochs`` is not given: scvi-tools' heuristic, 400 up to 20k cells, fewer above.
 
-    What a stochastic-gradient fit reaches depends on its number of steps more than on its passes over the data. On
-    a validation split of SNARE-seq2's training nuclei (``benchmarks/results/training_length.md``) the cross-modal
-    predictions peak after 300-450 steps, where the validation loss is lowest, and decline after (by a tenth at
-    1,000 steps); the benchmark's BMMC trainings, on which the learning rate was chosen, run 200-400 steps. Larger
-    data get at least 20 epochs, and early stopping on the validation loss can end training sooner. scvi-tools'
-    heuristic (400 epochs up to 20k cells, ``400 * 20k / n_cells`` above) is the upper bound, so tiny data train at
-    most 400 epochs and atlases no longer than scvi-tools would train them.
+    The cap is generous on purpose: early stopping on the validation loss decides when training ends, and the weights
+    of the epoch with the lowest validation loss are kept (:func:`training_length`). ``n_train_cells`` and
+    ``batch_size`` are accepted for the signature of earlier releases and not used.
+    """
+    # scvi-tools' heuristic, written out: its function lives in a private module
+    return max(1, min(round(20_000 / max(n_cells, 1) * 400), 400))
+
+
+def training_length(max_epochs: int, n_train_cells: int, batch_size: int) -> tuple[int, int]:
+    """KL warm-up steps and early-stopping patience (epochs) for a training of ``max_epochs`` epochs.
+
+    The rule was chosen on validation splits of training cells only (``benchmarks/results/training_length.md``):
+    what a stochastic-gradient fit reaches depends on its optimizer steps, and the steps a data set needs grow with
+    it, so no step budget serves a 1,000-cell and a 30,000-cell set alike. Instead the KL weight rises over
+    :data:`KL_WARMUP_STEPS` steps (a quarter of the training when that is shorter), the validation loss is measured
+    at the full KL weight (so that epochs before and after the warm-up compare), training stops after
+    :data:`PATIENCE_EPOCHS` epochs or :data:`PATIENCE_STEPS` steps, whichever is longer, without a lower validation
+    loss, and the weights of the lowest validation loss are restored.
     """
     steps_per_epoch = max(1, math.ceil(n_train_cells / max(batch_size, 1)))
-    by_steps = max(MIN_DEFAULT_EPOCHS, math.ceil(DEFAULT_STEPS / steps_per_epoch))
-    # scvi-tools' heuristic, written out: its function lives in a private module
-    heuristic = max(1, min(round(20_000 / max(n_cells, 1) * 400), 400))
-    return min(by_steps, heuristic)
+    warmup = max(1, min(KL_WARMUP_STEPS, max_epochs * steps_per_epoch // 4))
+    patience = max(PATIENCE_EPOCHS, math.ceil(PATIENCE_STEPS / steps_per_epoch))
+    return warmup, patience
 
 
 PRECISIONS = (None, 32, "32", "32-true", "bf16-mixed", "bf16")

@@ -13,6 +13,9 @@ class JointTrainingPlan(TrainingPlan):
     :meth:`~pengster.module.JointVAEModule.update_running_statistics` folds the minibatch into the running mean of
     the ATAC cell factor and the cell-factor regression (not for a query model, which keeps the reference's).
 
+    The validation loss is the loss at the full KL weight, whatever the warm-up has reached: epochs during and after
+    the warm-up then compare, and early stopping and the kept best epoch follow the objective itself.
+
     The metrics are logged under ``no_grad`` instead of scvi-tools' ``inference_mode``: Lightning's epoch accumulators
     would become inference tensors, which DDP's end-of-epoch reduction cannot update ("Inplace update to inference
     tensor outside InferenceMode").
@@ -34,6 +37,16 @@ class JointTrainingPlan(TrainingPlan):
             self.trainer.logger.log_metrics({"train_loss_step": loss_output.loss}, step=self.global_step)
         self.compute_and_log_metrics(loss_output, self.train_metrics, "train")
         return loss_output.loss
+
+    def validation_step(self, batch, batch_idx):
+        """scvi-tools' validation step, with the loss at the full KL weight."""
+        during_training = self.loss_kwargs
+        if "kl_weight" in during_training:
+            self.loss_kwargs = {**during_training, "kl_weight": torch.tensor(self.max_kl_weight, device=self.device)}
+        try:
+            return super().validation_step(batch, batch_idx)
+        finally:
+            self.loss_kwargs = during_training
 
     def compute_and_log_metrics(self, loss_output, metrics, mode):
         """scvi-tools' ``compute_and_log_metrics``, under ``no_grad``."""
