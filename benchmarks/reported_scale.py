@@ -40,7 +40,6 @@ import numpy as np
 import pandas as pd
 import scvi
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -56,7 +55,6 @@ NAMES = {"rna": "GEX", "atac": "ATAC", "protein": "ADT"}
 STD_SAMPLES = 25
 READOUTS = {"rna": ("decoder", "blend"), "atac": ("decoder", "blend", "population")}
 """The read-outs scored besides the default one (``readout="auto"``, method ``pengster``)."""
-OVERALL_PAIRS = 2_000_000
 BINS = 10
 
 
@@ -64,17 +62,6 @@ def _per_10k(study: _tasks.Study) -> _tasks.Study:
     """The study with RNA scored as log1p of counts per 10k (pengster's reported scale)."""
     study.scored["rna"] = _tasks._log_normalize(study.counts["rna"])
     return study
-
-
-def overall_scores(observed: np.ndarray, predicted: np.ndarray, *, seed: int) -> dict[str, float]:
-    """AUROC and average precision of all cell x peak pairs ranked together (a random subset of pairs)."""
-    rng = np.random.default_rng(seed)
-    flat = rng.choice(observed.size, min(OVERALL_PAIRS, observed.size), replace=False)
-    truth, score = observed.ravel()[flat] > 0, predicted.ravel()[flat]
-    return {
-        "overall_auroc": roc_auc_score(truth, score),
-        "overall_average_precision": average_precision_score(truth, score),
-    }
 
 
 def reliability(observed: np.ndarray, predicted: np.ndarray) -> dict:
@@ -167,7 +154,7 @@ def _atac_rows(model, mdata, study, hidden, dataset: str, seed: int) -> list[dic
     for method, predicted in predictions.items():
         predicted = np.clip(predicted, 0, 1)
         scores = _scores.prediction_scores(observed, predicted, binary=True)
-        scores.update(overall_scores(observed, predicted, seed=seed))
+        scores.update(_scores.overall_scores(observed, predicted, seed=seed))
         table = reliability(observed, predicted)
         scores["ece"] = table["ece"]
         rows.extend({"dataset": dataset, "task": "GEX->ATAC", "method": method, "seed": seed, "metric": key,

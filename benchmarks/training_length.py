@@ -30,6 +30,7 @@ import math
 import sys
 import time
 import warnings
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +139,23 @@ def run_synthetic(sizes: list[int], seeds: list[int], runs_path: Path) -> None:
 
 def markdown(runs: pd.DataFrame, note: str) -> str:
     """The headline metrics of both rules, their mean ranks, the lengths, and the synthetic sets."""
-    lines = ["# Training length: two default rules on validation splits of the training cells", "", note, ""]
+    lines = [
+        "# Training length: two default rules on validation splits of the training cells",
+        "",
+        note,
+        "",
+        "- `steps_500` (pengster 0.2): about 500 optimizer steps, at least 20 epochs, KL warm-up over a quarter of "
+        "the epochs, the last epoch's weights.",
+        "- `early_stopping` (pengster 0.3, `model.train()`): scvi-tools' heuristic as the cap, KL warm-up over 125 "
+        "steps, validation loss at the full KL weight, stop after 20 epochs or 250 steps without improvement, the "
+        "weights of the lowest validation loss kept.",
+        "",
+        "Each dataset keeps its training cells only, split into fit and validation cells as in `tune.py`; the "
+        "validation cells play the test cells of `accuracy.py`, scored with its code and the default read-outs. "
+        "`best_epoch` is the epoch of the lowest validation loss (for `steps_500`, the weights kept are the last "
+        "epoch's).",
+        "",
+    ]
     real = runs[~runs["dataset"].str.startswith("synthetic")]
     if not real.empty:
         summary = tune.summarize(real.rename(columns={"method": "candidate"}))
@@ -160,7 +177,10 @@ def markdown(runs: pd.DataFrame, note: str) -> str:
         for (dataset, task, metric), group in shown.groupby(["dataset", "task", "metric"], sort=False):
             by = group.set_index("candidate")
             cells = [_cell(by, rule, metric) for rule in RULES]
-            lines.append(f"| {dataset} | {task} | {metric} | " + " | ".join(cells) + " |")
+            shown_task = (
+                f"length ({task.removeprefix('length of ').split('+')[0]})" if task.startswith("length") else task
+            )
+            lines.append(f"| {dataset} | {shown_task} | {metric} | " + " | ".join(cells) + " |")
         lines.append("")
     synthetic = runs[runs["dataset"].str.startswith("synthetic")]
     if not synthetic.empty:
@@ -211,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = pd.concat([pd.read_csv(path) for path in args.from_runs], ignore_index=True)
     seeds = sorted(runs["seed"].unique().tolist())
     note = (
-        f"pengster {pengster.__version__}, seeds {seeds}, 1 torch thread. Produced by `benchmarks/training_length.py`; "
+        f"Measured on {date.today()} with the pengster {pengster.__version__} development code, seeds {seeds}, "
+        "1 torch thread. Produced by `benchmarks/training_length.py`; "
         "no test cell is read."
     )
     args.out.mkdir(parents=True, exist_ok=True)
