@@ -54,12 +54,16 @@ def update_readme(path, records: list[dict], *, note: str) -> bool:
     return True
 
 
-def markdown(records: list[dict], *, note: str) -> str:
-    """Headline table (the main metric of each dataset and task) and the full table, mean ± sd over seeds."""
+def markdown(records: list[dict], *, note: str, provenance: str | None = None) -> str:
+    """Headline table (the main metric of each dataset and task) and the full table, mean ± sd over seeds.
+
+    ``provenance``: a line above the note, e.g. which version measured which method when.
+    """
     frame = pd.DataFrame(records)
     lines = [
         "# Accuracy benchmark",
         "",
+        *([provenance] if provenance else []),
         f"Mean ± sd over seeds ({note}). Best per row in bold. Produced by `benchmarks/accuracy.py`; "
         "see benchmarks/README.md for data, splits, metrics and settings.",
         "",

@@ -371,14 +371,14 @@ def summarize(runs: pd.DataFrame) -> list[dict]:
     return records
 
 
-def write(records: list[dict], runs: pd.DataFrame, out: Path, *, note: str) -> None:
+def write(records: list[dict], runs: pd.DataFrame, out: Path, *, note: str, provenance: str | None = None) -> None:
     """Write accuracy.json, accuracy_runs.csv and accuracy.md into ``out``."""
     from benchmarks._report import markdown, update_readme
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "accuracy.json").write_text(json.dumps(records, indent=1) + "\n")
     runs.to_csv(out / "accuracy_runs.csv", index=False)
-    (out / "accuracy.md").write_text(markdown(records, note=note))
+    (out / "accuracy.md").write_text(markdown(records, note=note, provenance=provenance))
     if out.resolve() == RESULTS.resolve():
         update_readme(RESULTS.parents[1] / "README.md", records, note=note)
 
@@ -393,13 +393,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--from-runs", type=Path, nargs="+", help="summarize these accuracy_runs.csv files (e.g. of parallel runs)"
     )
+    parser.add_argument("--provenance", help="with --from-runs: a line saying which run measured which method")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     warnings.filterwarnings("ignore")
     if args.from_runs:
         runs = merge_runs([pd.read_csv(path) for path in args.from_runs])
         seeds = sorted(runs["seed"].unique().tolist())
-        write(summarize(runs), runs, args.out, note=f"seeds {seeds}, full run, 1 torch thread")
+        write(
+            summarize(runs), runs, args.out, note=f"seeds {seeds}, full run, 1 torch thread", provenance=args.provenance
+        )
         return
     seeds = args.seeds[:1] if args.quick else args.seeds
     start = time.perf_counter()

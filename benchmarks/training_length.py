@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     seeds = sorted(runs["seed"].unique().tolist())
     note = (
         f"Measured on {date.today()} with the pengster {pengster.__version__} development code, seeds {seeds}, "
-        "1 torch thread. Produced by `benchmarks/training_length.py`; "
+        "1 torch thread; seconds are wall time on a 2-core machine that ran other benchmarks at the same time. "
+        "Produced by `benchmarks/training_length.py`; "
         "no test cell is read."
     )
     args.out.mkdir(parents=True, exist_ok=True)
