@@ -343,6 +343,11 @@ CLAIMS: dict[str, dict[str, Value]] = {
         "100": lambda: benchmark_setting("BMMC_EPOCHS"),
         "500": lambda: benchmark_setting("MULTIVI_EPOCHS")["bmmc_cite"],
         "25": lambda: benchmark_setting("N_CALIBRATION_SAMPLES"),
+        # the default rule and read-out, described with the runs that use them
+        "125": lambda: constant(CELF, "KL_WARMUP_STEPS"),
+        "20": lambda: constant(CELF, "PATIENCE_EPOCHS"),
+        "250": lambda: constant(CELF, "PATIENCE_STEPS"),
+        "50": lambda: default("pengster.model.JointVAE.predict", "n_neighbors"),
     },
 }
 
