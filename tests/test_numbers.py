@@ -298,6 +298,7 @@ CLAIMS: dict[str, dict[str, Value]] = {
         "10,000": lambda: constant("pengster.tl._write", "MAX_DEFAULT_PEAKS"),
     },
     "docs/user_guide/differential.md": {
+        "128": lambda: constant("scvi", "settings").batch_size,
         "0.668": lambda: de_agreement("protein", "pengster", "multiome", "spearman_lfc"),
         "0.927": lambda: de_agreement("protein", "pengster", "multiome", "top_marker_auroc"),
         "0.022": lambda: de_agreement("protein", "kNN", "multiome", "spearman_lfc"),
