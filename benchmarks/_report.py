@@ -63,7 +63,7 @@ def markdown(records: list[dict], *, note: str, provenance: str | None = None) -
     lines = [
         "# Accuracy benchmark",
         "",
-        *([provenance] if provenance else []),
+        *([provenance, ""] if provenance else []),
         f"Mean ± sd over seeds ({note}). Best per row in bold. Produced by `benchmarks/accuracy.py`; "
         "see benchmarks/README.md for data, splits, metrics and settings.",
         "",

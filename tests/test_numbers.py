@@ -345,6 +345,7 @@ CLAIMS: dict[str, dict[str, Value]] = {
         "500": lambda: benchmark_setting("MULTIVI_EPOCHS")["bmmc_cite"],
         "25": lambda: benchmark_setting("N_CALIBRATION_SAMPLES"),
         # the default rule and read-out, described with the runs that use them
+        "256": lambda: constant(CELF, "BASE_BATCH_SIZE"),
         "125": lambda: constant(CELF, "KL_WARMUP_STEPS"),
         "20": lambda: constant(CELF, "PATIENCE_EPOCHS"),
         "250": lambda: constant(CELF, "PATIENCE_STEPS"),

@@ -58,9 +58,9 @@ def training_length(max_epochs: int, n_train_cells: int, batch_size: int) -> tup
     The rule was chosen on validation splits of training cells only (``benchmarks/results/training_length.md``):
     what a stochastic-gradient fit reaches depends on its optimizer steps, and the steps a data set needs grow with
     it, so no step budget serves a 1,000-cell and a 30,000-cell set alike. Instead the KL weight rises over
-    :data:`KL_WARMUP_STEPS` steps (a quarter of the training when that is shorter), the validation loss is measured
+    ``KL_WARMUP_STEPS`` steps (a quarter of the training when that is shorter), the validation loss is measured
     at the full KL weight (so that epochs before and after the warm-up compare), training stops after
-    :data:`PATIENCE_EPOCHS` epochs or :data:`PATIENCE_STEPS` steps, whichever is longer, without a lower validation
+    ``PATIENCE_EPOCHS`` epochs or ``PATIENCE_STEPS`` steps, whichever is longer, without a lower validation
     loss, and the weights of the lowest validation loss are restored.
     """
     steps_per_epoch = max(1, math.ceil(n_train_cells / max(batch_size, 1)))
