@@ -87,16 +87,13 @@ class PengsterRunner:
         rows = self.mdata.obs_names.get_indexer(cells)
         # the mean is decoded at the posterior mean; n_samples draws make the latent part of the std
         draws = {"n_samples": n_samples, "return_std": True} if n_samples > 1 else {}
-        result = self.model.predict(target=target, indices=rows, **draws, **self.predict_kwargs)
+        # RNA on the data's scale: log1p of counts per the data's typical total (the expectation is taken there;
+        # a prediction made per 10k cannot be rescaled afterwards, the mean of a log does not rescale)
+        on_data_scale = target == "rna" and self.predict_kwargs.get("layer") is None
+        scale = {"target_sum": self.study.target_sum()} if on_data_scale else {}
+        result = self.model.predict(target=target, indices=rows, **draws, **scale, **self.predict_kwargs)
         mean, std = result if n_samples > 1 else (result, None)
-        mean = mean.to_numpy(np.float64)
-        std = None if std is None else std.to_numpy(np.float64)
-        if target == "rna" and self.predict_kwargs.get("layer") is None:
-            # predictions are log1p(p * 1e4); move them to the data's normalized scale (std by the delta method)
-            mean = np.log1p(np.expm1(mean) / 1e4 * self.study.target_sum())
-            if std is not None:
-                std = std * _rescale_slope(mean, self.study.target_sum())
-        return mean, std
+        return mean.to_numpy(np.float64), None if std is None else std.to_numpy(np.float64)
 
     def latent(self, cells: pd.Index) -> np.ndarray:
         rows = self.mdata.obs_names.get_indexer(cells)
@@ -104,13 +101,6 @@ class PengsterRunner:
 
     def latent_from(self, modality: str, cells: pd.Index) -> np.ndarray | None:
         return self.model.get_latent_representation(_query(self.study, modality, cells), modality=modality)
-
-
-def _rescale_slope(mean_rescaled: np.ndarray, target_sum: float) -> np.ndarray:
-    """d log1p(c x) / d log1p(x) at the prediction (delta method) for c = target_sum / 1e4."""
-    c = target_sum / 1e4
-    x = np.expm1(mean_rescaled) / c
-    return c * (1 + x) / (1 + c * x)
 
 
 class _ScviRunner:

@@ -31,9 +31,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 METHODS = ("pengster", "multivi")
-# (cells, peaks): the issue's target is 100k x 100k; on a 2-core, 23 GB machine shared with other jobs these finish
-SIZES = ((20_000, 10_000), (20_000, 20_000), (60_000, 20_000), (100_000, 20_000))
-TIMEOUT_S = 1800
+# (cells, peaks): cells grow at 20k peaks, peaks grow at 20k cells, and the target size of 100k x 100k
+SIZES = ((20_000, 10_000), (20_000, 20_000), (60_000, 20_000), (100_000, 20_000), (100_000, 100_000))
+TIMEOUT_S = 3600
 
 
 def _status_kb(field: str) -> int:
@@ -150,7 +150,7 @@ def growth(runs: list[dict]) -> list[str]:
         "",
         "Both methods run scvi-tools' test, which draws 5,000 posterior samples per group and pairs 10,000 of them: "
         "arrays of samples x peaks, whatever the number of cells. Their memory grows with the peaks, not with the "
-        "cells; 100k cells x 100k peaks was not run on this machine.",
+        "cells.",
     ]
     return lines
 

@@ -241,6 +241,10 @@ def _run_subprocess(spec: dict, timeout: float) -> dict | None:
     return record
 
 
+PEAK_FRACTION = 0.1
+"""``cross_peak_fraction`` of the ``-peaks`` variants."""
+
+
 def plan(preset: str, hardware: str, threads: int, epochs: int, h5mu_dir: str) -> list[dict]:
     """The runs of a preset."""
     specs = []
@@ -262,7 +266,10 @@ def plan(preset: str, hardware: str, threads: int, epochs: int, h5mu_dir: str) -
         )
 
     sampled, single = {"cross_terms": "sampled"}, {"cross_terms": "single"}
+    peaks = {"cross_peak_fraction": PEAK_FRACTION}
     if preset == "cpu":
+        add("pengster", "multiome", 5000, 20_000, 256, variant="fast-peaks", model_kwargs=peaks)
+        add("pengster", "multiome", 5000, 20_000, 256, variant="fast-sampled-peaks", model_kwargs={**sampled, **peaks})
         for batch_size in (128, 256):
             add("pengster", "multiome", 5000, 20_000, batch_size, variant="fast")
             add("pengster", "multiome", 5000, 20_000, batch_size, variant="fast-sampled", model_kwargs=sampled)
@@ -276,6 +283,7 @@ def plan(preset: str, hardware: str, threads: int, epochs: int, h5mu_dir: str) -
         for n_cells in (10_000, 100_000):
             add("pengster", "multiome", n_cells, 100_000, None, variant="fast")
             add("multivi", "multiome", n_cells, 100_000, 1024, variant="load_sparse_tensor", load_sparse_tensor=True)
+        add("pengster", "multiome", 100_000, 100_000, None, variant="fast-peaks", model_kwargs=peaks)
         add("pengster", "multiome", 100_000, 100_000, None, variant="fast-sampled", model_kwargs=sampled)
         add("pengster", "multiome", 100_000, 100_000, None, variant="fast-single", model_kwargs=single)
         add("multivi", "multiome", 100_000, 100_000, 1024, variant="dense-loader", epochs=2)

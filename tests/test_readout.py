@@ -252,3 +252,32 @@ def test_predict_returns_a_frame_unless_the_std_is_asked_for(model):
     mean, std = model.predict(target="rna", source="protein", return_std=True)
     pd.testing.assert_frame_equal(mean, frame)
     assert (std.to_numpy()[np.isfinite(std.to_numpy())] > 0).all()
+
+
+def test_target_sum_reports_rna_per_that_total_for_the_decoder_and_the_neighbours(model):
+    """``target_sum`` moves both halves of a blended RNA prediction to log1p per that total.
+
+    The ``population`` read-out is the average of the decoded value and each gene's mean measured value over the
+    training cells with RNA; the second half is recomputed here from the counts, at genes every panel measured.
+    Float32 sums of a few hundred log values: 1e-4 is far above their rounding and far below the 0.3 or more that
+    separates the two scales.
+    """
+    target_sum = 300.0
+    decoded = model.predict(target="rna", readout="decoder", target_sum=target_sum).to_numpy()
+    blended = model.predict(target="rna", readout="population", target_sum=target_sum).to_numpy()
+    counts = model.adata.mod["rna"].X
+    counts = np.asarray(counts.todense() if hasattr(counts, "todense") else counts, dtype=np.float64)
+    names = model.adata.mod["rna"].obs_names
+    rows = model.adata.obs_names.get_indexer(names)
+    everywhere = (model.module.feature_mask_rna > 0).all(0).numpy()
+    library = counts.sum(1, keepdims=True).clip(min=1.0)
+    measured_mean = np.log1p(counts / library * target_sum).mean(0)
+    np.testing.assert_allclose(
+        blended[:, everywhere], 0.5 * (decoded[:, everywhere] + measured_mean[everywhere]), atol=1e-4
+    )
+    per_10k = model.predict(target="rna", readout="decoder").to_numpy()
+    # the expectation of a log does not rescale: the naive rescaling of the per-10k value is another number
+    naive = np.log1p(np.expm1(per_10k) * target_sum / 1e4)
+    assert np.abs(naive - decoded)[rows].mean() > 0.01
+    with pytest.raises(ValueError, match="target_sum=300.0 sets the scale of RNA predictions; target='atac'"):
+        model.predict(target="atac", target_sum=target_sum)

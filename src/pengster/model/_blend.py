@@ -37,13 +37,20 @@ def _caller_random_state(model):
 class Reference:
     """The training cells that measured ``target``: their joint latent means and observed ``target`` values.
 
-    Values are on the reporting scale of :meth:`~pengster.model.JointVAE.predict` (log1p per 10k, binary
-    accessibility, CLR), or the cells' values in ``layer`` of the user's target modality (``"X"`` for ``.X``);
-    zero at features the cell's panel did not measure.
+    Values are on the reporting scale of :meth:`~pengster.model.JointVAE.predict` (log1p per 10k or per
+    ``scale_options['target_sum']``, binary accessibility, CLR), or the cells' values in ``layer`` of the user's
+    target modality (``"X"`` for ``.X``); zero at features the cell's panel did not measure.
     """
 
     def __init__(
-        self, model, target: str, n_neighbors: int | None, *, batch_size: int | None = None, layer: str | None = None
+        self,
+        model,
+        target: str,
+        n_neighbors: int | None,
+        *,
+        batch_size: int | None = None,
+        layer: str | None = None,
+        scale_options: dict | None = None,
     ):
         module = model.module
         # the cells are chosen first, so only they are read: memory stays bounded by MAX_REFERENCE_CELLS
@@ -63,7 +70,7 @@ class Reference:
             for tensors in model._minibatches(None, measured, batch_size):
                 if n_neighbors:  # the latent is only searched for neighbours
                     latents.append(module.posterior(tensors, states=False).qz.loc.cpu().numpy())
-                observed = module.observed(target, tensors)
+                observed = module.observed(target, tensors, **(scale_options or {}))
                 if keep:
                     values.append(sparse.csr_matrix(observed.cpu().numpy()))
                 else:

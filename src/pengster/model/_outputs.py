@@ -131,6 +131,19 @@ class JointVAEOutputsMixin:
             )
         return sources
 
+    def _scale_options(self, target: str, target_sum: float | None) -> dict:
+        """The options of ``target``'s reported scale that ``predict`` was given (``target_sum``), checked."""
+        if target_sum is None:
+            return {}
+        if "target_sum" not in self.module.heads[target].SCALE_OPTIONS:
+            raise ValueError(
+                f"target_sum={target_sum} sets the scale of RNA predictions; target={target!r} has no counts per "
+                "total on its scale. Drop target_sum."
+            )
+        if not np.isfinite(target_sum) or target_sum <= 0:
+            raise ValueError(f"target_sum={target_sum}; pass a positive number of counts (e.g. 1e4).")
+        return {"target_sum": float(target_sum)}
+
     def _typical_library(self, modality: str, batch_size: int | None) -> float:
         """Median total counts of the training cells that measured ``modality`` (the depth a prediction reads at).
 
@@ -163,6 +176,7 @@ class JointVAEOutputsMixin:
         return_std: bool = False,
         readout: Literal["auto", "decoder", "blend"] = "auto",
         layer: str | None = None,
+        target_sum: float | None = None,
         n_neighbors: int = REFERENCE_NEIGHBORS,
         batch_size: int | None = None,
         out=None,
@@ -250,6 +264,7 @@ class JointVAEOutputsMixin:
             raise ValueError(f"n_neighbors={n_neighbors}; pass n_neighbors >= 1 (or readout='decoder').")
         if readout == "auto":
             readout = MODALITIES[target].readout
+        scale_options = self._scale_options(target, target_sum)
         aligned = self._aligned(adata)
         rows = self._rows(aligned, indices)
         n_features = aligned.mod[self.modalities[target]].n_vars
@@ -259,7 +274,9 @@ class JointVAEOutputsMixin:
         reference = None
         if readout in ("blend", "population") or layer is not None:
             neighbours = n_neighbors if readout == "blend" else None
-            reference = Reference(self, target, neighbours, batch_size=batch_size, layer=layer)
+            reference = Reference(
+                self, target, neighbours, batch_size=batch_size, layer=layer, scale_options=scale_options
+            )
             if reference.size == 0:
                 if layer is not None:
                     raise ValueError(
@@ -269,7 +286,9 @@ class JointVAEOutputsMixin:
                 reference = None
         slope = intercept = None
         if layer is not None:
-            decode_alone = {"target": target, "source": sources, "readout": "decoder", "batch_size": batch_size}
+            decode_alone = {
+                "target": target, "source": sources, "readout": "decoder", "batch_size": batch_size, **scale_options
+            }  # fmt: skip
             lines = fit_lines(self, reference, decode_alone)
             slope, intercept = (torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in lines)
         measurement_part = return_std and not (reference is not None and readout == "blend")
@@ -282,7 +301,7 @@ class JointVAEOutputsMixin:
         for tensors in self._minibatches(adata, rows, batch_size):
             posterior = self.module.posterior(tensors, sources)
             qz, state = posterior.qz, posterior.states[target]
-            options = {} if library is None else {"depth": library}
+            options = scale_options if library is None else {"depth": library, **scale_options}
             mean, variance = self.module.readout(
                 target, qz.loc, tensors, state=state, variance=measurement_part, **options
             )

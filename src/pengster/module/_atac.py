@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from scvi.nn import FCLayers
 from torch import nn
 from torch.distributions import Distribution, Poisson
@@ -40,7 +41,11 @@ class ATACHead(Head):
     """
 
     name = "atac"
-    OPTIONS = {"atac_likelihood": "likelihood", "predict_cell_factor": "predict_cell_factor"}
+    OPTIONS = {
+        "atac_likelihood": "likelihood",
+        "predict_cell_factor": "predict_cell_factor",
+        "cross_peak_fraction": "cross_fraction",
+    }
     ENCODER_PARTS = ("cell_factor_encoder",)
     variance_holds_latent = True
 
@@ -55,6 +60,7 @@ class ATACHead(Head):
         encoder_cats,
         likelihood: Literal["bernoulli", "poisson"] = "bernoulli",
         predict_cell_factor: bool = True,
+        cross_fraction: float = 1.0,
         modalities=(),
         **_,
     ):
@@ -63,7 +69,15 @@ class ATACHead(Head):
         )
         if likelihood not in ("bernoulli", "poisson"):
             raise ValueError(f"atac_likelihood={likelihood!r}; pass 'bernoulli' or 'poisson'.")
+        if not 0 < cross_fraction <= 1:
+            raise ValueError(f"cross_peak_fraction={cross_fraction}; pass a fraction of the peaks in (0, 1].")
+        if likelihood == "poisson" and cross_fraction < 1:
+            raise ValueError(
+                "atac_likelihood='poisson' normalises the rates over every peak, so its terms cannot be scored on a "
+                "subset of peaks; pass cross_peak_fraction=1."
+            )
         self.likelihood = likelihood
+        self.cross_fraction = cross_fraction
         self.layers = FCLayers(n_input, n_hidden, n_cat_list=list(n_cat_list), n_layers=n_layers, n_hidden=n_hidden)
         self.output = nn.Linear(n_hidden, n_features)
         self.region_logit = nn.Parameter(torch.zeros(n_features))
@@ -126,14 +140,29 @@ class ATACHead(Head):
             self.cell_factor_predictor.update(log_library[cells], present[cells], cell_factor[cells])
 
     # ------------------------------------------------------------------------------------------ decoder
+    def cross_features(self) -> torch.Tensor | None:
+        """A uniform random ``cross_peak_fraction`` of the peaks, sorted (None when it is 1)."""
+        if self.cross_fraction >= 1:
+            return None
+        n_peaks = self.region_logit.numel()
+        n_drawn = max(1, round(n_peaks * self.cross_fraction))
+        return torch.randperm(n_peaks, device=self.region_logit.device)[:n_drawn].sort().values
+
     def forward(self, z: torch.Tensor, inputs: HeadInput) -> Distribution:
         """The ``FactorBernoulli`` (or ``FactorPoisson``); probabilities are computed when first read.
 
-        Training scores ``px.log_prob`` only, which does not need them for every peak.
+        Training scores ``px.log_prob`` only, which does not need them for every peak. With ``inputs.features``,
+        only those peaks' rows of the output layer are multiplied.
         """
         cell_factor = inputs.state if inputs.state is not None else self.cell_factor_mean.expand(z.shape[-2], 1)
-        logits = self.output(hidden(self.layers, z, *inputs.categoricals)).float()
-        accessibility = FactorBernoulli(logits, self.region_logit, cell_factor, validate_args=False)
+        layer_output = hidden(self.layers, z, *inputs.categoricals)
+        region_logit, features = self.region_logit, inputs.features
+        if features is None:
+            logits = self.output(layer_output)
+        else:
+            logits = F.linear(layer_output, self.output.weight[features], self.output.bias[features])
+            region_logit = region_logit[features]
+        accessibility = FactorBernoulli(logits.float(), region_logit, cell_factor, validate_args=False)
         if self.likelihood == "bernoulli":
             return accessibility
         rate = masked_normalize(accessibility.probs, inputs.feature_mask) * inputs.library + 1e-8

@@ -25,6 +25,7 @@ class MODULE_KEYS:
     """Modality -> its head's per-cell state inferred from its own counts (ATAC: the cell factor ``(n_cells, 1)``,
     encoded where ATAC was measured, else the running mean), or None for heads without one."""
     PX: Final = "px"
-    """Modality -> the distribution over the reconstruction pairs, or None where there are none."""
+    """Modality -> list of ``pengster.module._pairs.Decoded``: the distributions over spans of the reconstruction
+    pairs (and the features each is scored on), or None where there are none."""
     PAIRS: Final = "pairs"
     """Modality -> ``(posterior, cell, weight)`` of the reconstruction terms (see ``module/_pairs.py``)."""

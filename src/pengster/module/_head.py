@@ -37,12 +37,16 @@ class HeadInput:
         ``(n_cells, 1)`` total counts of the measurement (or a number): the depth the counts are decoded at.
     state
         The head's per-cell state from ``Head.cell_state`` (ATAC: the cell factor), or None.
+    features
+        Sorted indices of the features to decode (``Head.cross_features``), or None for all; ``feature_mask`` then
+        holds those columns only.
     """
 
     categoricals: list[torch.Tensor]
     feature_mask: torch.Tensor
     library: torch.Tensor | float = 1.0
     state: torch.Tensor | None = None
+    features: torch.Tensor | None = None
 
     @property
     def batch_index(self) -> torch.Tensor:
@@ -82,6 +86,8 @@ class Head(nn.Module):
     reported_at_depth: ClassVar[bool] = False
     """The reported value of a measurement depends on its depth (``reported`` takes the ``depth`` of the cell whose
     measurement it predicts; RNA's log1p of counts per 10k is lower, on average, for a shallow cell)."""
+    SCALE_OPTIONS: ClassVar[tuple[str, ...]] = ()
+    """Options of the reported scale that both ``reported`` and ``observed`` take (RNA: ``target_sum``)."""
     variance_holds_latent: ClassVar[bool] = False
     """The reported variance of one measurement already holds the spread over the latent (ATAC's ``p (1 - p)``)."""
 
@@ -108,8 +114,11 @@ class Head(nn.Module):
         """The values the likelihood scores (default: the counts as float32)."""
         return counts.float()
 
-    def observed(self, counts: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
-        """Measured values on the reported scale; features outside ``feature_mask`` are 0."""
+    def observed(self, counts: torch.Tensor, feature_mask: torch.Tensor, **scale_options) -> torch.Tensor:
+        """Measured values on the reported scale; features outside ``feature_mask`` are 0.
+
+        ``scale_options``: those of ``SCALE_OPTIONS``, as ``reported`` takes them.
+        """
         raise NotImplementedError
 
     def initial_values(self, matrix, rows) -> dict[str, torch.Tensor]:
@@ -133,8 +142,15 @@ class Head(nn.Module):
 
     # ------------------------------------------------------------------------------------------ decoder
     def forward(self, z: torch.Tensor, inputs: HeadInput) -> Distribution:
-        """The distribution of the modality's counts at ``z`` ``(..., n_cells, n_input)``."""
+        """The distribution of the modality's counts at ``z`` ``(..., n_cells, n_input)``.
+
+        At ``inputs.features`` only, where the head's ``cross_features`` gives any.
+        """
         raise NotImplementedError
+
+    def cross_features(self) -> torch.Tensor | None:
+        """Features to score this training step's cross terms on (sorted indices), or None for all (default)."""
+        return None
 
     # ------------------------------------------------------------------------------------------ read-outs
     def reported(

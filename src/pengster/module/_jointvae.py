@@ -248,6 +248,10 @@ class JointVAEModule(ReadoutMixin, BaseModuleClass):
             "pairs": self.reconstruction_pairs(inference_outputs[MODULE_KEYS.HAS]),
             "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS),
             "size_factor": tensors.get(REGISTRY_KEYS.SIZE_FACTOR),
+            # the joint terms lead the pairs, one per cell with the modality, except when they are drawn too
+            "joint_pairs": None
+            if self.cross_terms == "single"
+            else {m: rows.numel() for m, rows in inference_outputs[MODULE_KEYS.ROWS].items()},
         }
 
     def reconstruction_pairs(
@@ -362,11 +366,14 @@ class JointVAEModule(ReadoutMixin, BaseModuleClass):
     # ----------------------------------------------------------------------------------------- generative
     @auto_move_data
     def generative(
-        self, z, batch_index, cat_covs, panel, library, state, pairs, cont_covs=None, size_factor=None
+        self, z, batch_index, cat_covs, panel, library, state, pairs, cont_covs=None, size_factor=None, joint_pairs=None
     ) -> dict:
         """Decode ``z`` of shape ``(n_posteriors, n_cells, n_latent)`` at each modality's (posterior, cell) pairs.
 
-        See :meth:`reconstruction_pairs`; returns modality -> distribution over the pairs. ``state``: modality -> the
+        See :meth:`reconstruction_pairs`; returns modality -> a list of ``pengster.module._pairs.Decoded`` (the
+        distribution of a span of the pairs), None where it has no pairs. ``joint_pairs``: modality -> the number of
+        leading joint terms among its pairs; in training, the pairs after them are decoded on the features of the
+        head's ``cross_features`` (None: every pair on every feature). ``state``: modality -> the
         heads' per-cell states. ``size_factor`` ``(n_cells, 1)``, when given, is the RNA library size in place of the
         observed totals.
         """
@@ -378,15 +385,27 @@ class JointVAEModule(ReadoutMixin, BaseModuleClass):
             if cell.numel() == 0:
                 outputs[modality] = None
                 continue
-            inputs = HeadInput(
-                [c[cell] for c in categoricals],
-                self.feature_mask(modality, panel[cell]),
-                library[modality][cell],
-                None if state[modality] is None else state[modality][cell],
-            )
-            outputs[modality] = self.decode(
-                modality, z[posterior, cell], inputs, None if cont_covs is None else cont_covs[cell]
-            )
+            # in training a head may score its cross terms (the pairs after the joint ones) on a subset of features
+            features = self.heads[modality].cross_features() if self.training and joint_pairs else None
+            n_exact = cell.numel() if features is None else joint_pairs[modality]
+            outputs[modality] = []
+            for span, subset in ((slice(0, n_exact), None), (slice(n_exact, None), features)):
+                rows = cell[span]
+                if rows.numel() == 0:
+                    continue
+                mask = self.feature_mask(modality, panel[rows])
+                inputs = HeadInput(
+                    [c[rows] for c in categoricals],
+                    mask if subset is None else mask[:, subset],
+                    library[modality][rows],
+                    None if state[modality] is None else state[modality][rows],
+                    subset,
+                )
+                px = self.decode(
+                    modality, z[posterior[span], rows], inputs, None if cont_covs is None else cont_covs[rows]
+                )
+                scale = 1.0 if subset is None else mask.shape[-1] / subset.numel()
+                outputs[modality].append(_pairs.Decoded(px, span, subset, scale))
         return {MODULE_KEYS.PX: outputs, MODULE_KEYS.PAIRS: pairs}
 
     def decoder_input(self, z: torch.Tensor, cont_covs: torch.Tensor | None) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """The loss of :class:`~pengster.module.JointVAEModule`: the interdependent ELBO plus the alignment terms.
 
 Every likelihood is read in one place, ``-(px.log_prob(x) * mask).sum(-1)``, over the reconstruction pairs of
-``module/_pairs.py``.
+``module/_pairs.py`` (on a subset of features, scaled, where a head scores its cross terms on one).
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ def interdependent_elbo(module, tensors, inference_outputs, generative_outputs, 
     for modality in module.modalities:
         posterior, cell, weight = generative_outputs[MODULE_KEYS.PAIRS][modality]
         joint_nll = qz.loc.new_zeros(n_cells)
-        if cell.numel() > 0:
-            px = generative_outputs[MODULE_KEYS.PX][modality]
-            x = module.heads[modality].scored(tensors[REGISTRY_KEYS.counts(modality)][cell])
-            mask = module.feature_mask(modality, panel[cell])
-            weighted = weight * -(px.log_prob(x) * mask).sum(-1)
-            per_cell = per_cell.index_add(0, cell, weighted)
+        for part in generative_outputs[MODULE_KEYS.PX][modality] or ():
+            rows = cell[part.span]
+            x = module.heads[modality].scored(part.select(tensors[REGISTRY_KEYS.counts(modality)][rows]))
+            mask = part.select(module.feature_mask(modality, panel[rows]))
+            weighted = part.scale * weight[part.span] * -(part.px.log_prob(x) * mask).sum(-1)
+            per_cell = per_cell.index_add(0, rows, weighted)
             # the joint term (weight 1): exact, or its importance-weighted estimate when the terms are sampled
-            joint_nll = joint_nll.index_add(0, cell, torch.where(posterior == 0, weighted, 0.0))
+            joint_nll = joint_nll.index_add(0, rows, torch.where(posterior[part.span] == 0, weighted, 0.0))
         reconstruction[modality] = joint_nll
 
     bridge_kl = qz.loc.new_zeros(n_cells)

@@ -10,15 +10,40 @@ drawn term is scored with the sum of the weights it stands for); the KL terms st
 - ``"sampled"``: the joint term exactly, plus one cross term per measured modality of a cell, drawn in proportion
   to its weight (2 decodes instead of 3 on a multiome cell);
 - ``"single"``: one term per measured modality of a cell, the joint one included in the draw (1 decode instead of 3).
+
+With ``all`` and ``sampled`` the joint terms come first, one per cell that measured the modality. A head may also
+score its cross terms (the pairs after those) on a random subset of its features in training
+(``Head.cross_features``; ATAC's ``cross_peak_fraction``): the subset's sum times ``n_features / n_subset`` is an
+unbiased estimate of the sum over all features ("reconstruction sampling", Dauphin, Glorot & Bengio, ICML 2011).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
+from torch.distributions import Distribution
 
 CROSS_TERMS = ("all", "sampled", "single")
+
+
+@dataclass
+class Decoded:
+    """Reconstruction terms of one modality decoded together: its pairs ``span``, scored on ``features``.
+
+    ``features``: sorted indices of the features decoded (None: all); ``scale``: ``n_features / len(features)``,
+    the factor that makes the subset's sum an unbiased estimate of the sum over every feature.
+    """
+
+    px: Distribution
+    span: slice
+    features: torch.Tensor | None = None
+    scale: float = 1.0
+
+    def select(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` ``(..., n_features)`` at the decoded features."""
+        return values if self.features is None else values[..., self.features]
 
 
 def measured_rows(has: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -92,4 +117,4 @@ def _draw(candidate_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return posterior, cell, total[cell]
 
 
-__all__ = ["CROSS_TERMS", "measured_rows", "pairs", "posterior_weights"]
+__all__ = ["CROSS_TERMS", "Decoded", "measured_rows", "pairs", "posterior_weights"]

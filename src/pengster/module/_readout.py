@@ -166,11 +166,14 @@ class ReadoutMixin:
                 value_variance = torch.where(keep, value_variance, stand_in_variance)
         return value, value_variance
 
-    def observed(self, modality: str, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The minibatch's measured ``modality`` on its reported scale; features its panel did not measure are 0."""
+    def observed(self, modality: str, tensors: Mapping[str, torch.Tensor], **scale_options) -> torch.Tensor:
+        """The minibatch's measured ``modality`` on its reported scale; features its panel did not measure are 0.
+
+        ``scale_options``: the head's ``SCALE_OPTIONS`` (RNA: ``target_sum``).
+        """
         tensors = self._on_device(tensors)
         mask = self.feature_mask(modality, tensors[REGISTRY_KEYS.PANEL].long())
-        return self.heads[modality].observed(tensors[REGISTRY_KEYS.counts(modality)].float(), mask)
+        return self.heads[modality].observed(tensors[REGISTRY_KEYS.counts(modality)].float(), mask, **scale_options)
 
     def library(self, modality: str, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Total counts of ``modality`` over the measured features, ``(n_cells,)`` (0 where not measured)."""

@@ -15,11 +15,13 @@ from ._head import HEADS, RNA_TARGET_SUM, Head, HeadInput, masked_normalize
 from ._moments import count_moments, log1p_moments
 
 
-def log_normalized(counts: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
-    """log1p of counts per 10k over the measured genes; unmeasured genes are 0."""
+def log_normalized(
+    counts: torch.Tensor, feature_mask: torch.Tensor, target_sum: float = RNA_TARGET_SUM
+) -> torch.Tensor:
+    """log1p of counts per ``target_sum`` (10k) over the measured genes; unmeasured genes are 0."""
     counts = counts * feature_mask
     library = counts.sum(-1, keepdim=True).clamp_min(1.0)
-    return torch.log1p(counts / library * RNA_TARGET_SUM)
+    return torch.log1p(counts / library * target_sum)
 
 
 class RNAHead(Head):
@@ -33,6 +35,7 @@ class RNAHead(Head):
     name = "rna"
     OPTIONS = {"rna_likelihood": "likelihood"}
     reported_at_depth = True
+    SCALE_OPTIONS = ("target_sum",)
 
     def __init__(
         self,
@@ -58,9 +61,9 @@ class RNAHead(Head):
         """log1p of counts per 10k (see ``log_normalized``)."""
         return log_normalized(counts, feature_mask)
 
-    def observed(self, counts, feature_mask):
-        """log1p of counts per 10k."""
-        return log_normalized(counts, feature_mask)
+    def observed(self, counts, feature_mask, *, target_sum=RNA_TARGET_SUM):
+        """log1p of counts per ``target_sum`` (10k)."""
+        return log_normalized(counts, feature_mask, target_sum)
 
     def forward(self, z: torch.Tensor, inputs: HeadInput) -> Distribution:
         """NB (or ZINB) with rate ``scale * library``; ``px.scale`` holds the proportions (rows sum to 1).

@@ -217,7 +217,8 @@ def diagnose(module, tensors: Mapping[str, torch.Tensor]) -> list[str]:
                     continue
                 _, cell, _ = generative[MODULE_KEYS.PAIRS][modality]
                 target = tensors[REGISTRY_KEYS.counts(modality)].to(module.device)[cell].float()
-                log_prob = output.log_prob(target) * module.feature_mask(modality, panel[cell])
+                # in eval mode every pair is decoded together on every feature
+                log_prob = output[0].px.log_prob(target) * module.feature_mask(modality, panel[cell])
                 bad_cells = torch.unique(cell[~torch.isfinite(log_prob).all(-1)])
                 if bad_cells.numel():
                     parts.append(f"the {modality!r} reconstruction, for {bad_cells.numel()} cells")
