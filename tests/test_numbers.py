@@ -119,9 +119,9 @@ def de_scale(method: str, n_cells: int, n_peaks: int, field: str) -> float:
     return found[0][field]
 
 
-def de_scale_added_gb(n_cells: int, n_peaks: int) -> float:
-    """GB that pengster's differential_accessibility call added to the process (peak during minus before)."""
-    return (de_scale("pengster", n_cells, n_peaks, "peak_rss_during_mb") - de_scale("pengster", n_cells, n_peaks,
+def de_scale_added_gb(n_cells: int, n_peaks: int, method: str = "pengster") -> float:
+    """GB that a method's differential_accessibility call added to the process (peak during minus before)."""
+    return (de_scale(method, n_cells, n_peaks, "peak_rss_during_mb") - de_scale(method, n_cells, n_peaks,
             "rss_before_mb")) / 1024  # fmt: skip
 
 
@@ -330,11 +330,16 @@ CLAIMS: dict[str, dict[str, Value]] = {
             lambda: de_scale("pengster", 20000, 20000, "n_peaks"),
             lambda: de_scale("pengster", 20000, 20000, "n_cells"),
         ),
-        "2.5": (
-            lambda: de_scale_added_gb(20000, 20000),
-            lambda: de_scale_added_gb(100000, 20000),
+        "2.4": lambda: de_scale_added_gb(20000, 20000),
+        "2.6": lambda: de_scale_added_gb(100000, 20000),
+        "12.2": lambda: de_scale_added_gb(100000, 100000),
+        "12.7": lambda: de_scale_added_gb(100000, 100000, "multivi"),
+        "217": lambda: de_scale("pengster", 100000, 100000, "cpu_seconds"),
+        "145": lambda: de_scale("multivi", 100000, 100000, "cpu_seconds"),
+        "100,000": (
+            lambda: de_scale("pengster", 100000, 20000, "n_cells"),
+            lambda: de_scale("pengster", 100000, 100000, "n_peaks"),
         ),
-        "100,000": lambda: de_scale("pengster", 100000, 20000, "n_cells"),
         "10,000": lambda: de_scale("pengster", 20000, 10000, "n_peaks"),
     },
     "docs/tutorials.md": {
