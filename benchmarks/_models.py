@@ -90,7 +90,8 @@ class PengsterRunner:
         # RNA on the data's scale: log1p of counts per the data's typical total (the expectation is taken there;
         # a prediction made per 10k cannot be rescaled afterwards, the mean of a log does not rescale)
         on_data_scale = target == "rna" and self.predict_kwargs.get("layer") is None
-        scale = {"target_sum": self.study.target_sum()} if on_data_scale else {}
+        # the total of the predicted cells' own dataset (a mosaic's datasets were normalised separately)
+        scale = {"target_sum": self.study.target_sum_of(cells)} if on_data_scale else {}
         result = self.model.predict(target=target, indices=rows, **draws, **scale, **self.predict_kwargs)
         mean, std = result if n_samples > 1 else (result, None)
         return mean.to_numpy(np.float64), None if std is None else std.to_numpy(np.float64)
@@ -136,7 +137,7 @@ class _ScviRunner:
                 return_numpy=True,
             )
             samples.append(np.asarray(scale, dtype=np.float64))
-        return np.log1p(np.stack(samples) * self.study.target_sum())
+        return np.log1p(np.stack(samples) * self.study.target_sum_of(cells))
 
 
 class MultiviRunner(_ScviRunner):

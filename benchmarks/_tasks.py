@@ -77,13 +77,23 @@ class Study:
         hidden = {k: pd.Index(v) for k, v in hidden.items()}
         return Study(self.name, self.counts, self.scored, self.obs, hidden, self.measured)
 
-    def target_sum(self, modality: str = "rna") -> float:
-        """Median total of ``expm1(scored rna)`` over visible training cells: the per-cell total of the scale."""
+    def target_sum(self, modality: str = "rna", dataset: str | None = None) -> float:
+        """Median total of ``expm1(scored rna)`` over visible training cells: the per-cell total of the scale.
+
+        ``dataset``: over that dataset's cells only (the datasets of a mosaic were normalised separately).
+        """
         adata = self.visible(modality)
+        if dataset is not None:
+            adata = adata[self.obs.loc[adata.obs_names, "dataset"].to_numpy() == dataset]
         rows = self.counts[modality].obs_names.get_indexer(adata.obs_names)
         train = self.obs.loc[adata.obs_names, "train"].to_numpy()
         # nansum: in a mosaic, genes a dataset did not measure are NaN on the scored scale
         return float(np.median(np.nansum(np.expm1(self.scored[modality][rows[train]]), axis=1)))
+
+    def target_sum_of(self, cells: pd.Index, modality: str = "rna") -> float:
+        """:meth:`target_sum` of the dataset of ``cells`` where they share one, else over every dataset."""
+        datasets = self.obs.loc[cells, "dataset"].unique()
+        return self.target_sum(modality, dataset=datasets[0] if len(datasets) == 1 else None)
 
     def mudata(self, *, layout: str = "mosaic") -> md.MuData:
         """Visible counts as a MuData (counts in X).

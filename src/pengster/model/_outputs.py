@@ -156,13 +156,35 @@ class JointVAEOutputsMixin:
         return known[modality]
 
     def _median_library(self, modality: str, batch_size: int | None) -> float:
-        totals = []
-        for tensors in self._minibatches(None, None, batch_size):
-            has = tensors[REGISTRY_KEYS.has(modality)].view(-1) > 0
-            totals.append(self.module.library(modality, tensors).cpu()[has])
-        totals = torch.cat(totals)
+        totals, _ = self._training_libraries(modality, batch_size)
         # at least 1 count, as the module's library sizes (a panel of empty cells has median 0)
         return max(1.0, float(totals.median())) if totals.numel() else RNA_TARGET_SUM
+
+    def _training_libraries(self, modality: str, batch_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Total counts of the training cells that measured ``modality``, and their panels (datasets)."""
+        totals, panels = [], []
+        for tensors in self._minibatches(None, None, batch_size):
+            has = tensors[REGISTRY_KEYS.has(modality)].view(-1) > 0
+            totals.append(self.module.library(modality, tensors).cpu().view(-1)[has])
+            panels.append(tensors[REGISTRY_KEYS.PANEL].long().view(-1).cpu()[has])
+        return torch.cat(totals), torch.cat(panels)
+
+    def _panel_libraries(self, modality: str, batch_size: int | None) -> torch.Tensor:
+        """Median total counts of ``modality`` per panel (dataset) of training cells, ``(n_panels,)``, on the device.
+
+        The depth a prediction reads at: a cell is predicted as one measured at its own dataset's median depth
+        (datasets with different feature panels count different totals). A panel without such cells gets the median
+        over all of them.
+        """
+        known = self.__dict__.setdefault("_panel_libraries_cache", {})
+        if modality not in known:
+            totals, panels = self._training_libraries(modality, batch_size)
+            overall = self._typical_library(modality, batch_size)
+            medians = torch.full((self.module.n_panels,), overall)
+            for panel in panels.unique().tolist():
+                medians[panel] = max(1.0, float(totals[panels == panel].median()))
+            known[modality] = medians.to(self.device)
+        return known[modality]
 
     @torch.inference_mode()
     def predict(
@@ -206,8 +228,8 @@ class JointVAEOutputsMixin:
             the square root of the sum of two parts. The latent part is the mean squared difference between the
             values decoded at ``n_samples`` posterior draws and at the posterior mean. The measurement part comes
             from the likelihood in closed form (``decoder`` read-out): ``rna``, the variance of log1p per 10k of the
-            negative binomial's counts at the median depth of the training cells; ``protein``, the
-            background/foreground mixture's variance carried to the CLR the same way; ``atac``, ``p (1 - p)`` of
+            negative binomial's counts at the median depth of the training cells of the cell's dataset; ``protein``,
+            the background/foreground mixture's variance carried to the CLR the same way; ``atac``, ``p (1 - p)`` of
             the predicted probability ``p`` (which holds the latent part already: no draws are made). With the
             ``blend`` read-out the measurement part is the variance of the neighbours' measured values instead.
             With ``layer``, the decoded parts are scaled by the line's slope.
@@ -240,10 +262,10 @@ class JointVAEOutputsMixin:
         Returns
         -------
         DataFrame (cells x target features) in the target's scale: ``rna`` log1p of counts per 10k (its expected
-        value for a cell sequenced at the training cells' median depth, from the decoded negative binomial: what such
-        a cell measures on average, below the log of the expected count where counts are few), ``atac``
-        accessibility probability, ``protein`` CLR of counts (or ``layer``'s scale). Rows of cells with none of
-        the source modalities are NaN. With ``return_std``, a tuple ``(mean, std)``. With ``out``, ``out`` (and
+        value for a cell sequenced at the median depth of its dataset's training cells, from the decoded negative
+        binomial: what such a cell measures on average, below the log of the expected count where counts are few),
+        ``atac`` accessibility probability, ``protein`` CLR of counts (or ``layer``'s scale). Rows of cells with none
+        of the source modalities are NaN. With ``return_std``, a tuple ``(mean, std)``. With ``out``, ``out`` (and
         ``out_std``) instead of DataFrames.
         """
         self._check_if_trained(warn=False)
@@ -293,7 +315,7 @@ class JointVAEOutputsMixin:
             slope, intercept = (torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in lines)
         measurement_part = return_std and not (reference is not None and readout == "blend")
         at_depth = self.module.heads[target].reported_at_depth
-        library = self._typical_library(target, batch_size) if at_depth else None
+        library = self._panel_libraries(target, batch_size) if at_depth else None
         mean_out = _rows_out(out, len(rows), n_features)
         std_out = _rows_out(out_std, len(rows), n_features) if return_std else None
         names, start = np.asarray(aligned.obs_names), 0
@@ -301,7 +323,9 @@ class JointVAEOutputsMixin:
         for tensors in self._minibatches(adata, rows, batch_size):
             posterior = self.module.posterior(tensors, sources)
             qz, state = posterior.qz, posterior.states[target]
-            options = scale_options if library is None else {"depth": library, **scale_options}
+            options = dict(scale_options)
+            if library is not None:  # each cell at its own dataset's median depth
+                options["depth"] = library[tensors[REGISTRY_KEYS.PANEL].long().view(-1).to(library.device)].view(-1, 1)
             mean, variance = self.module.readout(
                 target, qz.loc, tensors, state=state, variance=measurement_part, **options
             )
