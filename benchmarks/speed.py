@@ -169,8 +169,6 @@ def run_one(spec: dict) -> dict:
             else {"rna_layer": "rna", "protein_layer": "prot"}
         )
         pengster.model.JointVAE.setup_mudata(mdata, modalities=modalities, batch_key="batch")
-        if spec.get("dense_input"):  # the ATAC encoders read every peak, as on a GPU (no SparseRows on the CPU)
-            pengster.module._atac.SPARSE_INPUT_DENSITY = 0.0
         model = pengster.model.JointVAE(mdata, **(spec.get("model_kwargs") or {}))
         for name, value in (spec.get("module_attrs") or {}).items():
             setattr(model.module, name, value)
@@ -270,7 +268,6 @@ def plan(preset: str, hardware: str, threads: int, epochs: int, h5mu_dir: str) -
     sampled, single = {"cross_terms": "sampled"}, {"cross_terms": "single"}
     peaks = {"cross_peak_fraction": PEAK_FRACTION}
     if preset == "cpu":
-        add("pengster", "multiome", 5000, 20_000, 256, variant="fast-dense-input", dense_input=True)
         add("pengster", "multiome", 5000, 20_000, 256, variant="fast-peaks", model_kwargs=peaks)
         add("pengster", "multiome", 5000, 20_000, 256, variant="fast-sampled-peaks", model_kwargs={**sampled, **peaks})
         for batch_size in (128, 256):

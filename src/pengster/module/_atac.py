@@ -12,14 +12,10 @@ from torch import nn
 from torch.distributions import Distribution, Poisson
 
 from pengster.distributions import FactorBernoulli
-from pengster.nn import SparseRows
 
 from ._atac_factor import MEAN_RATE, CellFactorEncoder, CellFactorPredictor
 from ._constants import MODULE_KEYS
 from ._head import HEADS, Head, HeadInput, hidden, masked_normalize
-
-SPARSE_INPUT_DENSITY = 0.1
-"""Below this fraction of open entries, the ATAC encoders read a sparse input on a CPU."""
 
 
 def binary(counts: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
@@ -96,17 +92,11 @@ class ATACHead(Head):
         """Binarised accessibility as log1p term frequency (per 10k open peaks).
 
         Dividing by the number of open peaks removes sequencing depth, which varies a lot between nuclei in very
-        sparse ATAC (SNARE-seq2: 0.4% nonzero), so the encoder sees which peaks are open rather than how many. On a
-        CPU, with fewer than ``SPARSE_INPUT_DENSITY`` of the entries open, its non-zero entries (the encoders' first
-        layers then work in proportion to the open peaks); elsewhere dense, for a GPU's matrix multiply.
+        sparse ATAC (SNARE-seq2: 0.4% nonzero), so the encoder sees which peaks are open rather than how many.
         """
         open_peaks = binary(counts, feature_mask)
         n_open = open_peaks.sum(-1, keepdim=True).clamp_min(1.0)
-        values = torch.log1p(open_peaks / n_open * 1e4)
-        # on a CPU, a sparse input makes the encoders' first layers sum the weights of the open peaks only
-        if values.device.type == "cpu" and n_open.sum() < SPARSE_INPUT_DENSITY * values.numel():
-            return SparseRows.from_dense(values)
-        return values
+        return torch.log1p(open_peaks / n_open * 1e4)
 
     def observed(self, counts, feature_mask):
         """Binary accessibility (see ``binary``)."""

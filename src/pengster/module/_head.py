@@ -18,7 +18,6 @@ from torch import nn
 from torch.distributions import Distribution
 
 from pengster._constants import MODALITIES, Modality
-from pengster.nn import fc_layers
 
 RNA_TARGET_SUM = 1e4
 """Counts per this many: the reported RNA scale is log1p of them."""
@@ -200,13 +199,12 @@ def hidden(layers: nn.Module, x: torch.Tensor, *categoricals: torch.Tensor) -> t
     """``layers(x, *categoricals)``; a single row in training uses the running batch-norm statistics.
 
     A mosaic minibatch may hold one cell of a modality (a few multiome cells spread over the minibatches of a large
-    CITE-seq run), and batch norm cannot normalise one row with its own statistics. ``x`` may be given by its non-zero
-    entries (``pengster.nn.SparseRows``).
+    CITE-seq run), and batch norm cannot normalise one row with its own statistics.
     """
     if not (layers.training and x.shape[0] == 1):
-        return fc_layers(layers, x, *categoricals)
+        return layers(x, *categoricals)
     layers.eval()
     try:
-        return fc_layers(layers, x, *categoricals)
+        return layers(x, *categoricals)
     finally:
         layers.train()

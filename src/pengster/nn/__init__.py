@@ -4,14 +4,11 @@ from ._contrastive import LogitScale, ProjectionHead, symmetric_info_nce
 from ._encoders import encoder_moments
 from ._fusion import product_of_experts
 from ._mmd import gaussian_mmd, group_mmd
-from ._sparse_input import SparseRows, fc_layers
 
 __all__ = [
     "LogitScale",
-    "SparseRows",
     "ProjectionHead",
     "encoder_moments",
-    "fc_layers",
     "gaussian_mmd",
     "group_mmd",
     "product_of_experts",
