@@ -112,6 +112,8 @@ SETTINGS = {
     ("pengster", "fast-sampled"): '`cross_terms="sampled"`',
     ("pengster", "fast-single"): '`cross_terms="single"`',
     ("pengster", "scvi-loader"): "`train(fast=False)`",
+    ("pengster", "fast-peaks"): "`cross_peak_fraction=0.1`",
+    ("pengster", "fast-sampled-peaks"): '`cross_terms="sampled"`, `cross_peak_fraction=0.1`',
     ("multivi", "default"): "defaults",
     ("multivi", "dense-loader"): "defaults",
     ("multivi", "load_sparse_tensor"): "`load_sparse_tensor=True`",
