@@ -96,7 +96,7 @@ def test_sampled_loss_is_an_unbiased_estimate_of_the_exact_loss(cross_terms, pea
 def test_peak_subset_gradients_are_unbiased():
     """The gradient of the loss with cross terms on a peak subset averages to the exact loss's gradient.
 
-    Monte Carlo over 400 subsets, on the output layer's weights (the parameters the subset touches): per weight, the
+    Monte Carlo over 200 subsets, on the output layer's weights (the parameters the subset touches): per weight, the
     mean difference from the exact gradient at the same ``z`` is within 5 standard errors (all but a few of the
     weights; a biased estimate, e.g. without the factor 1 / fraction, is off by many).
     """
@@ -119,10 +119,10 @@ def test_peak_subset_gradients_are_unbiased():
         torch.manual_seed(seed)
         return gradient(fraction)
 
-    exact = torch.stack([at_seed(1.0, seed) for seed in range(400)])
-    sampled = torch.stack([at_seed(0.25, seed) for seed in range(400)])
+    exact = torch.stack([at_seed(1.0, seed) for seed in range(200)])
+    sampled = torch.stack([at_seed(0.25, seed) for seed in range(200)])
     difference = sampled - exact  # only the peak subset differs
-    error = difference.mean(0).abs() / (difference.std(0) / 20).clamp_min(1e-12)
+    error = difference.mean(0).abs() / (difference.std(0) / 200**0.5).clamp_min(1e-12)
     assert difference.abs().max() > 0  # the subsets do change the gradient
     assert (error < 5).float().mean() > 0.995
 
