@@ -511,8 +511,10 @@ def test_the_stated_measurement_dates_and_versions_are_those_of_the_results():
 
 
 def test_the_readme_says_pengster_leads_only_where_it_does():
+    """"leads every headline row" must hold; "the best mean of every headline row but one" must name the one."""
     readme = (ROOT / "README.md").read_text()
-    if "pengster leads every headline row" not in readme:
+    but_one = "pengster has the best mean of every headline row but one" in readme
+    if "pengster leads every headline row" not in readme and not but_one:
         return
     by_row: dict[tuple[str, str], dict[str, float]] = {}
     for r in _json("accuracy"):
@@ -520,4 +522,7 @@ def test_the_readme_says_pengster_leads_only_where_it_does():
             sign = 1 if r["higher_is_better"] else -1
             by_row.setdefault((r["dataset"], r["task"]), {})[r["method"]] = sign * round(r["mean"], 3)
     behind = sorted(row for row, scores in by_row.items() if scores["pengster"] < max(scores.values()))
+    if but_one:
+        assert behind == [("bmmc_cite", "ADT->GEX")], f"README names BMMC CITE-seq ADT->GEX; behind: {behind}"
+        return
     assert not behind, f"README says pengster leads every headline row; it does not on {behind}"
