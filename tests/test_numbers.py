@@ -511,7 +511,7 @@ def test_the_stated_measurement_dates_and_versions_are_those_of_the_results():
 
 
 def test_the_readme_says_pengster_leads_only_where_it_does():
-    """"leads every headline row" must hold; "the best mean of every headline row but one" must name the one."""
+    """ "leads every headline row" must hold; "the best mean of every headline row but one" must name the one."""
     readme = (ROOT / "README.md").read_text()
     but_one = "pengster has the best mean of every headline row but one" in readme
     if "pengster leads every headline row" not in readme and not but_one:
