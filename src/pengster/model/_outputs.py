@@ -43,6 +43,11 @@ def _check_out(out, n_rows: int, n_features: int, name: str) -> None:
         raise ValueError(f"{name} has shape {tuple(out.shape)}; pass an array of shape ({n_rows}, {n_features}).")
 
 
+def _median_total(totals: torch.Tensor) -> float:
+    """The median of library sizes, at least 1 count as the module's are (a panel of empty cells has median 0)."""
+    return max(1.0, float(totals.median())) if totals.numel() else RNA_TARGET_SUM
+
+
 class JointVAEOutputsMixin:
     """Getters of a trained :class:`~pengster.model.JointVAE`; they return arrays or DataFrames and write nothing."""
 
@@ -152,13 +157,8 @@ class JointVAEOutputsMixin:
         """
         known = self.__dict__.setdefault("_typical_libraries", {})
         if modality not in known:
-            known[modality] = self._median_library(modality, batch_size)
+            known[modality] = _median_total(self._training_libraries(modality, batch_size)[0])
         return known[modality]
-
-    def _median_library(self, modality: str, batch_size: int | None) -> float:
-        totals, _ = self._training_libraries(modality, batch_size)
-        # at least 1 count, as the module's library sizes (a panel of empty cells has median 0)
-        return max(1.0, float(totals.median())) if totals.numel() else RNA_TARGET_SUM
 
     def _training_libraries(self, modality: str, batch_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Total counts of the training cells that measured ``modality``, and their panels (datasets)."""
@@ -178,11 +178,12 @@ class JointVAEOutputsMixin:
         """
         known = self.__dict__.setdefault("_panel_libraries_cache", {})
         if modality not in known:
+            # one pass over the training data serves both the overall median and each panel's
             totals, panels = self._training_libraries(modality, batch_size)
-            overall = self._typical_library(modality, batch_size)
+            overall = self.__dict__.setdefault("_typical_libraries", {}).setdefault(modality, _median_total(totals))
             medians = torch.full((self.module.n_panels,), overall)
             for panel in panels.unique().tolist():
-                medians[panel] = max(1.0, float(totals[panels == panel].median()))
+                medians[panel] = _median_total(totals[panels == panel])
             known[modality] = medians.to(self.device)
         return known[modality]
 
